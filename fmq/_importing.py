@@ -1,0 +1,26 @@
+"""
+Import an object named by a dotted path in the configuration.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+
+def import_dotted(dotted: str) -> object:
+    """
+    The object named by C{dotted}, e.g. C{fmq.keys.method_and_path}.
+
+    @raise ValueError: the name is not a dotted path, cannot be imported, or
+        does not name a callable.
+    """
+    module_name, _, attribute = dotted.rpartition(".")
+    if not module_name or not attribute:
+        raise ValueError(f"not a dotted path: {dotted!r}")
+    try:
+        found = getattr(import_module(module_name), attribute)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot import {dotted!r}: {e}") from None
+    if not callable(found):
+        raise ValueError(f"{dotted!r} is not callable")
+    return found

@@ -1,0 +1,58 @@
+"""
+The operator's listener: C{/health} (and, later, C{/metrics}).
+"""
+
+from __future__ import annotations
+
+import json
+
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.iweb import IRequest
+
+from fmq.dispatch import Dispatcher
+from fmq.interfaces import IBroker
+
+
+class Admin:
+    """
+    Health of the service, on its own port, away from the proxied namespace.
+    """
+
+    app = Klein()
+
+    def __init__(
+        self, broker: IBroker, broker_type: str, dispatcher: Dispatcher, clock: IReactorTime
+    ) -> None:
+        self._broker = broker
+        self._broker_type = broker_type
+        self._dispatcher = dispatcher
+        self._clock = clock
+        self._started = clock.seconds()
+
+    def health(self) -> dict[str, object]:
+        """
+        The service's state, as C{/health} shows it.
+        """
+        available = bool(self._broker.available)
+        return {
+            "status": "ok" if available else "unavailable",
+            "broker": {
+                "type": self._broker_type,
+                "available": available,
+                "in_flight": self._broker.in_flight(),
+            },
+            "mode": self._dispatcher.mode,
+            "callers_waiting": self._dispatcher.callers_waiting,
+            "uptime": round(self._clock.seconds() - self._started, 3),
+        }
+
+    @app.route("/health", methods=["GET"])
+    def render_health(self, request: IRequest) -> bytes:
+        """
+        200 with JSON while the broker is usable, 503 while it is not.
+        """
+        state = self.health()
+        request.setResponseCode(200 if state["status"] == "ok" else 503)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(state).encode() + b"\n"

@@ -1,0 +1,51 @@
+"""
+Choose the broker named by C{[broker] type}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fmq._importing import import_dotted
+from fmq.brokers.file import FileBroker
+from fmq.interfaces import IBroker
+from fmq.settings import Settings
+
+
+def file_broker(settings: Settings, reactor: Any) -> IBroker:
+    """
+    The directory broker of C{[broker]}.
+    """
+    broker = settings.broker
+    return FileBroker(
+        broker.directory,
+        reactor,
+        poll_interval=broker.poll_interval,
+        request_ttl=broker.request_ttl,
+        settle_time=broker.settle_time,
+        delete_retry_max=broker.delete_retry_max,
+    )
+
+
+BROKERS = {"file": file_broker}
+
+
+def make_broker(settings: Settings, reactor: Any) -> IBroker:
+    """
+    Build the broker of C{settings}: C{file}, C{amqp} or a dotted factory path.
+
+    @raise ValueError: the type names no broker; the message names the key.
+    """
+    name = settings.broker.type
+    if name == "amqp":
+        raise ValueError("[broker] type: the amqp broker is not available in this version")
+    factory = BROKERS.get(name)
+    if factory is None:
+        try:
+            factory = import_dotted(name)  # type: ignore[assignment]
+        except ValueError as e:
+            raise ValueError(f"[broker] type: {e}") from None
+    broker = factory(settings, reactor)  # type: ignore[misc]
+    if not IBroker.providedBy(broker):
+        raise ValueError(f"[broker] type: {name!r} did not make an IBroker")
+    return broker

@@ -1,0 +1,78 @@
+"""
+The ways a broker request can end without an answer, each with its HTTP status.
+"""
+
+
+class BrokerRequestFailed(Exception):
+    """
+    Base class: a broker request ended without a usable answer.
+
+    @cvar status: the HTTP status the caller gets.
+    @cvar reason: a short phrase for the caller's body and the operator's log.
+    """
+
+    status = 500
+    reason = "internal error"
+
+
+class MalformedResponse(BrokerRequestFailed):
+    """
+    The backend's answer is not in the response format.
+    """
+
+    status = 502
+    reason = "malformed response from the backend"
+
+
+class BrokerUnavailable(BrokerRequestFailed):
+    """
+    The broker cannot take requests now (directory missing, not writable, full).
+    """
+
+    status = 503
+    reason = "broker unavailable"
+
+
+class ShuttingDown(BrokerRequestFailed):
+    """
+    The service is stopping; the request stays for the next start to adopt.
+    """
+
+    status = 503
+    reason = "service shutting down"
+
+
+class Overloaded(BrokerRequestFailed):
+    """
+    The service itself is short of a resource (file descriptors), not the broker.
+    """
+
+    status = 503
+    reason = "service overloaded"
+
+
+class RequestExpired(BrokerRequestFailed):
+    """
+    The broker request stayed unanswered for C{request_ttl} and was withdrawn.
+    """
+
+    status = 504
+    reason = "no answer from the backend within the request TTL"
+
+
+class Withdrawn(BrokerRequestFailed):
+    """
+    The broker request was withdrawn because nobody waits for it any more.
+    """
+
+    status = 504
+    reason = "request withdrawn"
+
+
+class CallerTimeout(BrokerRequestFailed):
+    """
+    This caller waited C{request_timeout}; the broker request goes on for others.
+    """
+
+    status = 504
+    reason = "no answer from the backend within the request timeout"

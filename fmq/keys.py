@@ -1,0 +1,60 @@
+"""
+Collapse keys: which callers may share one broker request.
+
+A collapse key function takes a L{CallerRequest} and returns any hashable
+value; callers whose keys are equal while a broker request is in flight share
+it. It is named in the configuration by its dotted path
+(C{[service] collapse_key}). Do not confuse it with the broker key
+(L{fmq.protocol.broker_key}), which names the request in the broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+import attrs
+from twisted.web.http_headers import Headers
+
+from fmq._importing import import_dotted
+
+
+@attrs.frozen
+class CallerRequest:
+    """
+    What a collapse key may look at in an incoming HTTP request.
+
+    @ivar method: the HTTP method, e.g. C{b"GET"}.
+    @ivar target: the raw request target, query string included.
+    @ivar headers: the request headers.
+    """
+
+    method: bytes
+    target: bytes
+    headers: Headers = attrs.field(factory=Headers, eq=False)
+
+
+CollapseKey = Callable[[CallerRequest], Hashable]
+
+
+def method_and_path(request: CallerRequest) -> Hashable:
+    """
+    The default collapse key: requests with the same method and target collapse.
+    """
+    return (request.method, request.target)
+
+
+def method_and_path_without_query(request: CallerRequest) -> Hashable:
+    """
+    Requests with the same method and path collapse, whatever their query string.
+
+    All callers in a group get the answer to the first caller's target.
+    """
+    return (request.method, request.target.partition(b"?")[0])
+
+
+def load_collapse_key(dotted: str) -> CollapseKey:
+    """
+    Import the collapse key function named by C{dotted}.
+
+    @raise ValueError: the name cannot be imported or is not callable.
+    """
+    return import_dotted(dotted)  # type: ignore[return-value]

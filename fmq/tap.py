@@ -1,0 +1,130 @@
+"""
+The C{twistd fmq} command: options and the service tree.
+"""
+
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.web.server import Site
+
+from fmq.admin import Admin
+from fmq.brokers.factory import make_broker
+from fmq.dispatch import Dispatcher
+from fmq.keys import load_collapse_key
+from fmq.settings import IniFile, Settings, SettingsError, load_settings
+from fmq.web import Front, QuietSite
+
+log = Logger(namespace="fmq")
+
+
+class Options(usage.Options):
+    """
+    C{twistd fmq --config PATH}, with overrides for the commonest keys.
+    """
+
+    optParameters = [
+        ["config", "c", "fmq.ini", "The settings file."],
+        ["port", "p", None, "Override [http] port."],
+        ["broker-dir", "d", None, "Override [broker] directory."],
+        ["mode", "m", None, "Override [service] mode: collapse or naive."],
+    ]
+
+    def postOptions(self) -> None:
+        overrides = {
+            (section, key): self[option]
+            for option, section, key in [
+                ("port", "http", "port"),
+                ("broker-dir", "broker", "directory"),
+                ("mode", "service", "mode"),
+            ]
+            if self[option] is not None
+        }
+        try:
+            settings = load_settings(IniFile(Path(self["config"])), overrides)
+        except SettingsError as e:
+            raise SystemExit(f"fmq: {e}") from None
+        try:
+            load_collapse_key(settings.service.collapse_key)
+        except ValueError as e:
+            raise SystemExit(f"fmq: {settings.source}: [service] collapse_key: {e}") from None
+        self["settings"] = settings
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """
+    Raise this process's soft limit of open files to the hard limit.
+
+    @return: the soft limits before and after.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft, soft
+    return soft, hard
+
+
+def build_service(settings: Settings, reactor: Any) -> MultiService:
+    """
+    The service tree: broker, then the HTTP and admin listeners.
+
+    Stopping stops them in reverse order: listeners first, then the broker.
+    """
+    root = MultiService()
+    broker = make_broker(settings, reactor)
+    broker.setServiceParent(root)
+    collapse_key = (
+        None if settings.service.mode == "naive"
+        else load_collapse_key(settings.service.collapse_key)
+    )
+    dispatcher = Dispatcher(broker, reactor, settings.http.request_timeout, collapse_key)
+
+    site_class = Site if settings.http.access_log else QuietSite
+    front = site_class(Front(dispatcher).app.resource(), reactor=reactor)
+    _listen(root, reactor, settings.http.interface, settings.http.port, front,
+            settings.http.backlog)
+
+    admin = QuietSite(Admin(broker, settings.broker.type, dispatcher, reactor).app.resource(),
+                      reactor=reactor)
+    _listen(root, reactor, settings.admin.interface, settings.admin.port, admin, 50)
+    return root
+
+
+def _listen(root: MultiService, reactor: Any, interface: str, port: int, site: Site,
+            backlog: int) -> None:
+    endpoint = TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
+    service = StreamServerEndpointService(endpoint, site)
+    service._raiseSynchronously = True
+    service.setServiceParent(root)
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build fmq's service from parsed options; only here is the reactor imported.
+    """
+    from twisted.internet import reactor
+
+    settings: Settings = options["settings"]
+    before, after = raise_open_files_limit()
+    log.info("open files limit raised from {before} to {after}", before=before, after=after)
+    log.info(
+        "fmq starting from {source}: http {interface}:{port} ({mode} mode, caller "
+        "timeout {timeout}s), {broker} broker, admin {admin_interface}:{admin_port}",
+        source=settings.source, interface=settings.http.interface, port=settings.http.port,
+        mode=settings.service.mode, timeout=settings.http.request_timeout,
+        broker=settings.broker.type, admin_interface=settings.admin.interface,
+        admin_port=settings.admin.port,
+    )
+    try:
+        return build_service(settings, reactor)
+    except ValueError as e:
+        raise SystemExit(f"fmq: {settings.source}: {e}") from None
