@@ -203,7 +203,6 @@ class FileBroker(Service):
             )
         except OSError as e:
             self._fail(pending, self._write_error(e))
-            self._next(request.key)
             return
         self._set_available(True)
         self._sent[request.key] = pending
@@ -238,7 +237,7 @@ class FileBroker(Service):
         queue = self._waiting.get(key)
         while queue and key not in self._sent and key not in self._cleaning:
             self._send(queue.popleft())
-        if queue is not None and not queue:
+        if queue is not None and not queue and self._waiting.get(key) is queue:
             del self._waiting[key]
 
     # -- ending a request

@@ -1,0 +1,351 @@
+"""
+Tests for L{fmq.brokers.file}: what only the directory broker does.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+
+from fmq.brokers.file import FileBroker, retry_delay, settled
+from fmq.brokers.fs import FileSystem, ResponseFile
+from fmq.errors import BrokerUnavailable, Overloaded, ShuttingDown
+from fmq.protocol import BrokerRequest
+from tests.brokers import POLL, FileBackend, file_broker
+
+
+class FaultyFileSystem(FileSystem):
+    """
+    The real filesystem, but each call named in C{faults} fails with the
+    next errno queued for it.
+    """
+
+    def __init__(self) -> None:
+        self.faults: dict[str, list[int]] = {}
+        self.unlinked: list[str] = []
+        self.closed: bool | None = True
+
+    def _fault(self, call: str) -> None:
+        queue = self.faults.get(call)
+        if queue:
+            code = queue.pop(0)
+            raise OSError(code, os.strerror(code))
+
+    def write_atomic(self, path: Path, data: bytes) -> int:
+        self._fault("write")
+        return super().write_atomic(path, data)
+
+    def unlink(self, path: Path) -> None:
+        self._fault("unlink")
+        super().unlink(path)
+        self.unlinked.append(path.name)
+
+    def read_response(self, path: Path) -> ResponseFile | None:
+        self._fault("read")
+        found = super().read_response(path)
+        if found is not None and self.closed is None:
+            return ResponseFile(found.data, found.inode, found.size, found.mtime_ns, None)
+        return found
+
+
+class FileBrokerTests(SynchronousTestCase):
+    """
+    The directory broker's files, scan and deletions.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.directory = Path(self.mktemp())
+        self.fs = FaultyFileSystem()
+        self.broker = file_broker(self.directory, self.clock, fs=self.fs)
+        self.broker.startService()
+        self.addCleanup(self.stop)
+        self.backend = FileBackend(self.directory, self.clock)
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def stop(self) -> None:
+        """
+        Stop the broker; requests it fails at stop are expected.
+        """
+        if self.broker.running:
+            self.broker.stopService()
+            self.flushLoggedErrors(ShuttingDown)
+
+    def names(self) -> list[str]:
+        return sorted(os.listdir(self.directory))
+
+    def test_creates_directory(self) -> None:
+        """
+        The broker directory is created at start if it is missing.
+        """
+        self.assertTrue(self.directory.is_dir())
+
+    def test_request_file(self) -> None:
+        """
+        The request is C{<md5 key>.req} holding C{METHOD PATH\\n}; no temporary
+        file stays behind.
+        """
+        request = BrokerRequest.of(b"GET", b"/items?id=1")
+        self.broker.submit(request)
+        self.assertEqual(self.names(), [f"{request.key}.req"])
+        self.assertEqual((self.directory / f"{request.key}.req").read_bytes(),
+                         b"GET /items?id=1\n")
+
+    def test_deletes_req_before_resp(self) -> None:
+        """
+        After an answer both files are deleted, the request first.
+        """
+        request = BrokerRequest.of(b"GET", b"/x")
+        self.broker.submit(request)
+        self.backend.answer(request, b"200\nok")
+        self.backend.deliver()
+        self.assertEqual(self.fs.unlinked, [f"{request.key}.req", f"{request.key}.resp"])
+        self.assertEqual(self.names(), [])
+
+    def test_other_files_untouched(self) -> None:
+        """
+        Files that are not fmq's C{.req}/C{.resp} are never read or deleted,
+        and a response nobody waits for is left alone.
+        """
+        for name in ["notes.txt", ".hidden", "x.resp.tmp", "0" * 32 + ".resp"]:
+            (self.directory / name).write_bytes(b"200\n")
+        request = BrokerRequest.of(b"GET", b"/x")
+        self.broker.submit(request)
+        self.backend.answer(request, b"200\nok")
+        self.backend.deliver()
+        self.assertEqual(self.names(), sorted([".hidden", "0" * 32 + ".resp", "notes.txt",
+                                               "x.resp.tmp"]))
+
+    def test_same_key_waits_for_files_to_go(self) -> None:
+        """
+        A second request with the same key is written only after the first
+        one's files are deleted, so it is never deleted under it.
+        """
+        first, second = BrokerRequest.of(b"GET", b"/x"), BrokerRequest.of(b"GET", b"/x")
+        self.broker.submit(first)
+        answer = self.broker.submit(second)
+        self.fs.faults["unlink"] = [errno.EBUSY]
+        self.backend.answer(first, b"200\none")
+        self.backend.deliver()
+        # .req could not be deleted: the second request must not be written yet
+        self.assertEqual(self.backend.requests(), [b"GET /x\n"])
+        self.assertEqual(self.names(), [f"{first.key}.req", f"{first.key}.resp"])
+        self.clock.advance(retry_delay(0, 5.0))
+        self.assertEqual(self.names(), [f"{second.key}.req"])
+        self.assertNoResult(answer)
+        self.backend.answer(second, b"200\ntwo")
+        self.backend.deliver()
+        self.assertEqual(self.successResultOf(answer).body, b"two")
+
+    def test_answer_not_delivered_twice(self) -> None:
+        """
+        An answer whose files cannot be deleted yet is delivered once only.
+        """
+        request = BrokerRequest.of(b"GET", b"/x")
+        answer = self.broker.submit(request)
+        self.fs.faults["unlink"] = [errno.EPERM] * 3
+        self.backend.answer(request, b"200\nonce")
+        self.backend.deliver()
+        self.assertEqual(self.successResultOf(answer).body, b"once")
+        second = self.broker.submit(BrokerRequest.of(b"GET", b"/x"))
+        for _ in range(10):
+            self.clock.advance(POLL)
+        self.assertNoResult(second)
+
+    def test_delete_retry_backoff(self) -> None:
+        """
+        Deletion is retried with doubling delays, capped, each retry counted
+        and logged.
+        """
+        self.assertEqual([retry_delay(n, 1.0) for n in range(6)],
+                         [0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+        request = BrokerRequest.of(b"GET", b"/x")
+        self.broker.submit(request)
+        self.fs.faults["unlink"] = [errno.EACCES] * 3
+        self.backend.answer(request, b"200\n")
+        self.backend.deliver()
+        for delay in (0.1, 0.2):
+            self.clock.advance(delay)
+            self.assertTrue((self.directory / f"{request.key}.req").exists())
+        self.clock.advance(0.4)
+        self.assertEqual(self.names(), [])
+        self.assertEqual(self.broker.delete_retries, 3)
+        retries = [e for e in self.events if "cannot delete" in e.get("log_format", "")]
+        self.assertEqual(len(retries), 3)
+
+    def test_late_answer_ignored(self) -> None:
+        """
+        A response file older than the current request file is a late answer
+        to an earlier request and is not delivered.
+        """
+        request = BrokerRequest.of(b"GET", b"/x")
+        stale = self.directory / f"{request.key}.resp"
+        stale.write_bytes(b"200\nstale")
+        os.utime(stale, (1, 1))
+        answer = self.broker.submit(request)
+        self.backend.deliver()
+        self.assertNoResult(answer)
+        self.backend.answer(request, b"200\nfresh")
+        self.backend.deliver()
+        self.assertEqual(self.successResultOf(answer).body, b"fresh")
+
+    def test_in_place_writer_is_waited_for(self) -> None:
+        """
+        A response still open for writing is not read; once it is closed, it is.
+        """
+        request = BrokerRequest.of(b"GET", b"/x")
+        answer = self.broker.submit(request)
+        with open(self.directory / f"{request.key}.resp", "wb") as writer:
+            writer.write(b"200\nfirst half,")
+            writer.flush()
+            self.backend.deliver()
+            self.assertNoResult(answer)
+            writer.write(b" second half")
+        self.backend.deliver()
+        self.assertEqual(self.successResultOf(answer).body, b"first half, second half")
+
+    def test_settle_time_without_lease(self) -> None:
+        """
+        Where the broker cannot tell whether the writer is done, it reads the
+        response once it has not changed for the settle time.
+        """
+        self.assertTrue(settled(None, (1, 2, 3), 0.0, 0.0, 0.0))
+        self.assertFalse(settled(None, (1, 2, 3), 0.0, 5.0, 0.2))
+        self.assertFalse(settled((1, 2, 3), (1, 2, 4), 0.0, 5.0, 0.2))
+        self.assertTrue(settled((1, 2, 3), (1, 2, 3), 0.0, 0.2, 0.2))
+        self.fs.closed = None
+        request = BrokerRequest.of(b"GET", b"/x")
+        answer = self.broker.submit(request)
+        path = self.directory / f"{request.key}.resp"
+        path.write_bytes(b"200\npart")
+        self.backend.deliver()
+        self.clock.advance(0.1)
+        with open(path, "ab") as writer:
+            writer.write(b" and the rest")
+        os.utime(path, ns=(0, path.stat().st_mtime_ns + 1))
+        self.backend.deliver()
+        self.clock.advance(0.1)
+        self.assertNoResult(answer)
+        self.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(answer).body, b"part and the rest")
+
+    def test_scan_survives_errors(self) -> None:
+        """
+        An error reading one response is logged and the scan goes on, for
+        this file at the next scan and for the others at once.
+        """
+        a, b = BrokerRequest.of(b"GET", b"/a"), BrokerRequest.of(b"GET", b"/b")
+        answer_a, answer_b = self.broker.submit(a), self.broker.submit(b)
+        self.backend.answer(a, b"200\na")
+        self.backend.answer(b, b"200\nb")
+        self.fs.faults["read"] = [errno.EIO]
+        self.backend.deliver()
+        self.assertEqual(len([r for r in (answer_a, answer_b) if r.called]), 1)
+        self.backend.deliver()
+        self.assertEqual(self.successResultOf(answer_a).body, b"a")
+        self.assertEqual(self.successResultOf(answer_b).body, b"b")
+        self.assertTrue(any("cannot read" in e.get("log_format", "") for e in self.events))
+
+    def test_unexpected_bug_does_not_stop_the_scan(self) -> None:
+        """
+        Even an unexpected exception leaves the scan loop running.
+        """
+        request = BrokerRequest.of(b"GET", b"/x")
+        answer = self.broker.submit(request)
+        self.backend.answer(request, b"200\nok")
+        original = self.fs.read_response
+        self.fs.read_response = lambda path: 1 / 0
+        self.backend.deliver()
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.fs.read_response = original
+        self.backend.deliver()
+        self.assertEqual(self.successResultOf(answer).body, b"ok")
+
+    def test_missing_directory_is_unavailable(self) -> None:
+        """
+        With the directory gone, a request fails with L{BrokerUnavailable}, the
+        change is logged once, and the broker resumes when the directory is back.
+        """
+        os.rmdir(self.directory)
+        for path in (b"/a", b"/b"):
+            self.failureResultOf(self.broker.submit(BrokerRequest.of(b"GET", path)),
+                                 BrokerUnavailable)
+        self.assertFalse(self.broker.available)
+        changes = [e for e in self.events if "unavailable" in e.get("log_format", "")]
+        self.assertEqual(len(changes), 1)
+        self.assertEqual(changes[0]["log_level"], LogLevel.error)
+        os.mkdir(self.directory)
+        self.assertNoResult(self.broker.submit(BrokerRequest.of(b"GET", b"/c")))
+        self.assertTrue(self.broker.available)
+
+    def test_queued_requests_fail_when_unavailable(self) -> None:
+        """
+        Requests waiting their turn fail too when the directory goes away.
+        """
+        first = BrokerRequest.of(b"GET", b"/x")
+        self.broker.submit(first)
+        waiting = self.broker.submit(BrokerRequest.of(b"GET", b"/x"))
+        self.backend.answer(first, b"200\n")
+        self.fs.faults["write"] = [errno.ENOENT]
+        self.backend.deliver()
+        self.failureResultOf(waiting, BrokerUnavailable)
+        self.assertEqual(self.broker.in_flight(), 0)
+
+    def test_out_of_descriptors_is_not_unavailable(self) -> None:
+        """
+        EMFILE fails the request with L{Overloaded} and leaves the broker available.
+        """
+        self.fs.faults["write"] = [errno.EMFILE]
+        self.failureResultOf(self.broker.submit(BrokerRequest.of(b"GET", b"/x")), Overloaded)
+        self.assertTrue(self.broker.available)
+
+    def test_stop_leaves_request_files(self) -> None:
+        """
+        At stop, request files stay for the next start.
+        """
+        request = BrokerRequest.of(b"GET", b"/x")
+        self.broker.submit(request).addErrback(lambda f: None)
+        self.broker.stopService()
+        self.assertEqual(self.names(), [f"{request.key}.req"])
+
+    def test_scan_cost_follows_requests_in_flight(self) -> None:
+        """
+        The scan looks only for the responses it waits for: with none in
+        flight it reads nothing, whatever the directory holds.
+        """
+        for n in range(50):
+            (self.directory / f"{n:032x}.resp").write_bytes(b"200\n")
+        reads: list[Path] = []
+        original = self.fs.read_response
+        self.fs.read_response = lambda path: reads.append(path) or original(path)
+        self.backend.deliver()
+        self.assertEqual(reads, [])
+        self.broker.submit(BrokerRequest.of(b"GET", b"/x"))
+        self.backend.deliver()
+        self.assertEqual(len(reads), 1)
+
+
+class StartTests(SynchronousTestCase):
+    """
+    Starting where the directory cannot be made.
+    """
+
+    def test_start_without_directory(self) -> None:
+        """
+        A directory that cannot be created leaves the broker running but unavailable.
+        """
+        parent = Path(self.mktemp())
+        parent.write_bytes(b"a file, not a folder")
+        broker = FileBroker(parent / "broker", Clock(), poll_interval=POLL, request_ttl=1,
+                            settle_time=0.2, delete_retry_max=1)
+        broker.startService()
+        self.addCleanup(broker.stopService)
+        self.assertTrue(broker.running)
+        self.assertFalse(broker.available)
