@@ -1,0 +1,143 @@
+"""
+End to end: the real C{twistd fmq} process, a directory, a stand-in backend
+and real HTTP callers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
+
+from tests.e2e import Backend, FmqProcess, eventually
+
+
+@pytest.fixture
+def make_fmq(tmp_path: Path):
+    """
+    Start fmq processes; every one is stopped at the end, even on failure.
+    """
+    started: list[FmqProcess] = []
+
+    async def make(*args: str, **sections) -> FmqProcess:
+        fmq = FmqProcess(tmp_path, **sections)
+        started.append(fmq)
+        await fmq.start(*args)
+        return fmq
+
+    yield make
+    for fmq in started:
+        pytest_twisted.blockon(Deferred.fromCoroutine(fmq.stop()))
+        assert "Traceback" not in fmq.log_text(), fmq.log_text()
+
+
+@pytest.fixture
+def backends():
+    running: list[Backend] = []
+
+    def make(directory: Path, answer) -> Backend:
+        backend = Backend(directory, answer)
+        running.append(backend)
+        backend.start()
+        return backend
+
+    yield make
+    for backend in running:
+        backend.stop()
+
+
+async def answers(deferreds) -> list[tuple[int, bytes]]:
+    responses = await gatherResults(deferreds)
+    bodies = await gatherResults([r.content() for r in responses])
+    return [(r.code, body) for r, body in zip(responses, bodies)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_burst_collapses_to_one_request(make_fmq, backends) -> None:
+    """
+    200 identical concurrent callers make exactly one request file and all
+    get the same body; the next batch makes a new one.
+    """
+    fmq = await make_fmq()
+    release = {"batch": 0}
+    backend = backends(
+        fmq.directory,
+        lambda line, n: b"200\nbatch %d of %s" % (n, line.strip()) if release["batch"] >= n
+        else None,
+    )
+    for batch, size in [(1, 200), (2, 50)]:
+        calls = [fmq.get("/burst?x=1") for _ in range(size)]
+        await fmq.waiting(size)
+        assert len(backend.requests()) == 1
+        assert len(backend.seen) == batch
+        release["batch"] = batch
+        results = await answers(calls)
+        assert results == [(200, b"batch %d of GET /burst?x=1" % batch)] * size
+        await eventually(lambda: backend.requests() == [], "the request file to go")
+    await eventually(lambda: list(fmq.directory.iterdir()) == [], "the directory to be empty")
+    assert backend.answered == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_naive_every_caller_its_own_round_trip(make_fmq, backends) -> None:
+    """
+    In naive mode, 20 identical callers make 20 round trips, each caller
+    getting its own answer.
+    """
+    fmq = await make_fmq("--mode", "naive")
+    backend = backends(fmq.directory, lambda line, n: b"200\nanswer %d" % n)
+    results = await answers([fmq.get("/same") for _ in range(20)])
+    assert sorted(results) == sorted((200, b"answer %d" % n) for n in range(1, 21))
+    assert backend.answered == 20
+    await eventually(lambda: list(fmq.directory.iterdir()) == [], "the directory to be empty")
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_callers_timeout_scenario(make_fmq, backends) -> None:
+    """
+    Caller A times out with 504; caller B, arriving when A gives up, joins
+    A's broker request and gets the answer that comes after A's timeout.
+    """
+    fmq = await make_fmq(http={"request_timeout": 5})
+    release = {"now": False}
+    backend = backends(fmq.directory, lambda line, n: b"200\nlate" if release["now"] else None)
+    [a] = await answers([fmq.get("/slow")])
+    assert a[0] == 504
+    b = fmq.get("/slow")
+    await fmq.waiting(1)
+    assert len(backend.seen) == 1
+    release["now"] = True
+    assert await answers([b]) == [(200, b"late")]
+    assert backend.answered == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_disconnect_drops_only_that_caller(make_fmq, backends) -> None:
+    """
+    A caller that hangs up is dropped quietly; the others still get the answer.
+    """
+    fmq = await make_fmq()
+    release = {"now": False}
+    backends(fmq.directory, lambda line, n: b"200\nstill here" if release["now"] else None)
+    leaving = fmq.get("/shared")
+    staying = [fmq.get("/shared") for _ in range(3)]
+    await fmq.waiting(4)
+    leaving.cancel()
+    leaving.addErrback(lambda f: None)
+    await fmq.waiting(3)
+    release["now"] = True
+    assert await answers(staying) == [(200, b"still here")] * 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_answer_is_502(make_fmq, backends) -> None:
+    """
+    A malformed answer gives 502 and both files are deleted.
+    """
+    fmq = await make_fmq()
+    backends(fmq.directory, lambda line, n: b"OK\n")
+    assert [code for code, _ in await answers([fmq.get("/bad")])] == [502]
+    await eventually(lambda: list(fmq.directory.iterdir()) == [], "the directory to be empty")
+    assert "malformed response" in fmq.log_text()

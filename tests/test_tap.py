@@ -1,0 +1,401 @@
+"""
+Tests for L{fmq.tap}, L{fmq.brokers.factory} and the C{twistd fmq} plugin.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+import fmq.tap
+from fmq.brokers.factory import make_broker
+from fmq.brokers.file import FileBroker
+from fmq.interfaces import IBroker
+from fmq.settings import DictSource, Settings, load_settings
+from fmq.tap import Options, build_service, raise_open_files_limit
+from fmq.testing import MemoryBroker
+
+REPO = Path(__file__).resolve().parent.parent
+PLUGIN = REPO / "twisted_plugins" / "fmq_plugin.py"
+
+
+def load_plugin() -> ModuleType:
+    """
+    Import C{twisted_plugins/fmq_plugin.py} from the source checkout.
+    """
+    spec = importlib.util.spec_from_file_location("fmq_plugin_under_test", PLUGIN)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class PluginTests(SynchronousTestCase):
+    """
+    Tests for the C{twistd} plugin.
+    """
+
+    def setUp(self) -> None:
+        self.plugin = load_plugin()
+
+    def test_service_maker(self) -> None:
+        """
+        The plugin's C{fmq} provides L{IServiceMaker} under the name C{fmq}.
+        """
+        self.assertTrue(IServiceMaker.providedBy(self.plugin.fmq))
+        self.assertEqual(self.plugin.fmq.tapname, "fmq")
+
+    def test_only_one_maker(self) -> None:
+        """
+        The plugin module offers exactly one service maker.
+        """
+        makers = [v for v in vars(self.plugin).values() if IServiceMaker.providedBy(v)]
+        self.assertEqual(makers, [self.plugin.fmq])
+
+    def test_points_at_tap(self) -> None:
+        """
+        The plugin's options and C{makeService} are those of L{fmq.tap}.
+        """
+        self.assertIs(self.plugin.fmq.options, fmq.tap.Options)
+        self.assertIs(self.plugin.fmq.makeService, fmq.tap.makeService)
+
+
+class OptionsTests(SynchronousTestCase):
+    """
+    Tests for L{Options}.
+    """
+
+    def setUp(self) -> None:
+        self.folder = Path(self.mktemp()).resolve()
+        self.folder.mkdir(parents=True)
+        self.path = self.folder / "fmq.ini"
+        self.path.write_text("[broker]\ndirectory = spool\n", encoding="utf-8")
+
+    def parse(self, *args: str) -> Options:
+        """
+        Parse C{args} after C{--config} and the ini file.
+        """
+        options = Options()
+        options.parseOptions(["--config", str(self.path), *args])
+        return options
+
+    def exit_message(self, *args: str) -> str:
+        """
+        Parse C{args}, which must fail, and return the message the process exits with.
+        """
+        error = self.assertRaises(SystemExit, self.parse, *args)
+        self.assertIsInstance(error.code, str)
+        return str(error.code)
+
+    def assert_one_line(self, message: str, *words: str) -> None:
+        """
+        Assert C{message} is one C{fmq: } line naming the file and each of C{words}.
+        """
+        self.assertNotIn("\n", message)
+        self.assertNotIn("Usage", message)
+        self.assertTrue(message.startswith("fmq: "), message)
+        self.assertIn(str(self.path), message)
+        for word in words:
+            self.assertIn(word, message)
+
+    def test_settings(self) -> None:
+        """
+        C{--config} loads the file into a L{Settings} under C{options["settings"]}.
+        """
+        settings = self.parse()["settings"]
+        self.assertIsInstance(settings, Settings)
+        self.assertEqual(
+            (settings.source, settings.broker.directory, settings.http.port),
+            (str(self.path), self.folder / "spool", 8080),
+        )
+
+    def test_overrides(self) -> None:
+        """
+        C{--port}, C{--broker-dir} and C{--mode} override the file.
+        """
+        other = self.folder / "other"
+        settings = self.parse("--port", "9001", "--broker-dir", str(other), "--mode", "naive")[
+            "settings"
+        ]
+        self.assertEqual(
+            (settings.http.port, settings.broker.directory, settings.service.mode),
+            (9001, other, "naive"),
+        )
+
+    def test_short_overrides(self) -> None:
+        """
+        The overrides have short forms C{-p}, C{-d} and C{-m}.
+        """
+        settings = self.parse("-p", "9002", "-d", "/srv/spool", "-m", "naive")["settings"]
+        self.assertEqual(
+            (settings.http.port, settings.broker.directory, settings.service.mode),
+            (9002, Path("/srv/spool"), "naive"),
+        )
+
+    def test_missing_file(self) -> None:
+        """
+        A missing settings file stops the start with one line naming it.
+        """
+        self.path.unlink()
+        self.assert_one_line(self.exit_message(), "cannot read")
+
+    def test_bad_key(self) -> None:
+        """
+        An unknown key stops the start with one line naming the file and the key.
+        """
+        self.path.write_text("[http]\nprot = 1\n", encoding="utf-8")
+        self.assert_one_line(self.exit_message(), "[http] prot")
+
+    def test_bad_mode(self) -> None:
+        """
+        C{--mode fast} stops the start with one line naming the file and the key.
+        """
+        self.assert_one_line(self.exit_message("--mode", "fast"), "[service] mode", "fast")
+
+    def test_bad_port(self) -> None:
+        """
+        A C{--port} that is not a number stops the start with one line naming the key.
+        """
+        self.assert_one_line(self.exit_message("--port", "http"), "[http] port")
+
+    def test_bad_collapse_key(self) -> None:
+        """
+        A collapse key that cannot be imported stops the start with one line naming the key.
+        """
+        self.path.write_text("[service]\ncollapse_key = fmq.keys.nope\n", encoding="utf-8")
+        self.assert_one_line(
+            self.exit_message(), "[service] collapse_key", "fmq.keys.nope"
+        )
+
+
+def memory_broker(settings: Settings, reactor: Any) -> MemoryBroker:
+    """
+    A broker factory named by dotted path in the tests below.
+    """
+    broker = MemoryBroker(reactor, request_ttl=settings.broker.request_ttl)
+    broker.made_with = (settings, reactor)  # type: ignore[attr-defined]
+    return broker
+
+
+def not_a_broker(settings: Settings, reactor: Any) -> object:
+    """
+    A broker factory that returns something that is not an L{IBroker}.
+    """
+    return object()
+
+
+class MakeBrokerTests(SynchronousTestCase):
+    """
+    Tests for L{make_broker}.
+    """
+
+    def settings(self, **broker: str) -> Settings:
+        """
+        Settings with the given C{[broker]} keys and a temporary directory.
+        """
+        directory = Path(self.mktemp()).resolve()
+        return load_settings(DictSource({"broker": {"directory": str(directory), **broker}}))
+
+    def test_file(self) -> None:
+        """
+        C{type = file} makes a L{FileBroker} on the configured directory.
+        """
+        settings = self.settings(type="file")
+        broker = make_broker(settings, MemoryReactorClock())
+        self.assertIsInstance(broker, FileBroker)
+        self.assertEqual(broker.directory, settings.broker.directory)
+
+    def test_amqp(self) -> None:
+        """
+        C{type = amqp} is a L{ValueError} naming C{[broker] type}.
+        """
+        error = self.assertRaises(
+            ValueError, make_broker, self.settings(type="amqp"), MemoryReactorClock()
+        )
+        self.assertIn("[broker] type", str(error))
+
+    def test_unknown_dotted_path(self) -> None:
+        """
+        A dotted path that cannot be imported is a L{ValueError} naming C{[broker] type}.
+        """
+        settings = self.settings(type="fmq_no_such_module.broker")
+        error = self.assertRaises(ValueError, make_broker, settings, MemoryReactorClock())
+        self.assertIn("[broker] type", str(error))
+        self.assertIn("fmq_no_such_module.broker", str(error))
+
+    def test_unknown_name(self) -> None:
+        """
+        A type that is neither a known broker nor a dotted path is a L{ValueError}.
+        """
+        error = self.assertRaises(
+            ValueError, make_broker, self.settings(type="rabbit"), MemoryReactorClock()
+        )
+        self.assertIn("[broker] type", str(error))
+
+    def test_factory(self) -> None:
+        """
+        A dotted path names a factory that gets the settings and the reactor.
+        """
+        settings = self.settings(type=f"{__name__}.memory_broker")
+        reactor = MemoryReactorClock()
+        broker = make_broker(settings, reactor)
+        self.assertIsInstance(broker, MemoryBroker)
+        self.assertTrue(IBroker.providedBy(broker))
+        self.assertEqual(broker.made_with, (settings, reactor))  # type: ignore[attr-defined]
+
+    def test_factory_not_broker(self) -> None:
+        """
+        A factory that does not return an L{IBroker} is a L{ValueError}.
+        """
+        settings = self.settings(type=f"{__name__}.not_a_broker")
+        error = self.assertRaises(ValueError, make_broker, settings, MemoryReactorClock())
+        self.assertIn("did not make an IBroker", str(error))
+
+
+class BuildServiceTests(SynchronousTestCase):
+    """
+    Tests for L{build_service}.
+    """
+
+    def build(self, **sections: dict[str, str]) -> tuple[MultiService, MemoryReactorClock]:
+        """
+        Build and start the service tree on a fake reactor; stop it at cleanup.
+        """
+        directory = Path(self.mktemp()).resolve()
+        values = {"broker": {"directory": str(directory)}, **sections}
+        self.settings = load_settings(DictSource(values))
+        reactor = MemoryReactorClock()
+        service = build_service(self.settings, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service, reactor
+
+    def test_multi_service(self) -> None:
+        """
+        The root is a running L{MultiService} with the broker among its children.
+        """
+        service, _ = self.build()
+        self.assertIsInstance(service, MultiService)
+        self.assertTrue(service.running)
+        brokers = [child for child in service if IBroker.providedBy(child)]
+        self.assertEqual(len(brokers), 1)
+        self.assertTrue(brokers[0].running)
+
+    def test_default_listeners(self) -> None:
+        """
+        The HTTP listener uses the default port with a deep backlog; the admin its own port.
+        """
+        _, reactor = self.build()
+        self.assertEqual(
+            [(port, backlog, interface) for port, _, backlog, interface in reactor.tcpServers],
+            [(8080, 4096, "127.0.0.1"), (8081, 50, "127.0.0.1")],
+        )
+
+    def test_configured_listeners(self) -> None:
+        """
+        Ports, interfaces and the backlog come from the settings.
+        """
+        _, reactor = self.build(
+            http={"port": "9100", "interface": "0.0.0.0", "backlog": "1234"},
+            admin={"port": "9101", "interface": "127.0.0.2"},
+        )
+        listeners = {port: (backlog, interface) for port, _, backlog, interface in reactor.tcpServers}
+        self.assertEqual(listeners[9100], (1234, "0.0.0.0"))
+        self.assertEqual(listeners[9101][1], "127.0.0.2")
+        self.assertEqual(len(reactor.tcpServers), 2)
+
+    def test_broker_directory_created(self) -> None:
+        """
+        Starting the service creates the broker directory.
+        """
+        self.build()
+        self.assertTrue(self.settings.broker.directory.is_dir())
+
+    def test_stop(self) -> None:
+        """
+        Stopping the root stops every child, the broker included.
+        """
+        service, _ = self.build()
+        service.stopService()
+        self.assertEqual([child.running for child in service], [False] * len(list(service)))
+
+    def test_naive_mode(self) -> None:
+        """
+        Naive mode builds the same two listeners.
+        """
+        _, reactor = self.build(service={"mode": "naive"})
+        self.assertEqual([server[0] for server in reactor.tcpServers], [8080, 8081])
+
+    def test_bad_broker_type(self) -> None:
+        """
+        An unusable broker type is a L{ValueError} naming the key, before anything listens.
+        """
+        directory = Path(self.mktemp()).resolve()
+        settings = load_settings(
+            DictSource({"broker": {"directory": str(directory), "type": "amqp"}})
+        )
+        reactor = MemoryReactorClock()
+        error = self.assertRaises(ValueError, build_service, settings, reactor)
+        self.assertIn("[broker] type", str(error))
+        self.assertEqual(reactor.tcpServers, [])
+
+
+_LIMIT_SCRIPT = """
+import json, resource
+from fmq.tap import raise_open_files_limit
+result = raise_open_files_limit()
+print(json.dumps([result, resource.getrlimit(resource.RLIMIT_NOFILE)]))
+"""
+
+
+class OpenFilesLimitTests(SynchronousTestCase):
+    """
+    Tests for L{raise_open_files_limit}, run in a child process with a lowered soft limit.
+    """
+
+    def run_child(self, soft: int) -> tuple[list[int], list[int]]:
+        """
+        Run L{raise_open_files_limit} in a child whose soft limit is C{soft}.
+        """
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+        def lower() -> None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+        done = subprocess.run(
+            [sys.executable, "-c", _LIMIT_SCRIPT],
+            preexec_fn=lower,
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        result, limits = json.loads(done.stdout)
+        return result, limits
+
+    def test_raised_to_hard(self) -> None:
+        """
+        A soft limit below the hard limit is raised to it, and both are reported.
+        """
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            raise SkipTest("the hard limit of open files is unlimited here")
+        soft = min(256, hard // 2)
+        self.assertEqual(self.run_child(soft), ([soft, hard], [hard, hard]))
+
+    def test_already_at_hard(self) -> None:
+        """
+        A soft limit already at the hard limit is reported unchanged.
+        """
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.assertEqual(self.run_child(hard), ([hard, hard], [hard, hard]))

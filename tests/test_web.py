@@ -1,0 +1,131 @@
+"""
+Tests for L{fmq.web} through the Klein app, with L{StubTreq}.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from treq.testing import StubTreq
+
+from fmq.dispatch import Dispatcher
+from fmq.keys import method_and_path
+from fmq.testing import MemoryBroker
+from fmq.web import Front
+
+TIMEOUT = 60.0
+
+
+class FrontTests(SynchronousTestCase):
+    """
+    Every method and path reaches the dispatcher; its outcome reaches the caller.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.broker = MemoryBroker(self.clock, request_ttl=300.0)
+        self.broker.startService()
+        self.dispatcher = Dispatcher(self.broker, self.clock, TIMEOUT, method_and_path)
+        self.treq = StubTreq(Front(self.dispatcher).app.resource())
+
+    def answer(self, data: bytes, n: int = -1) -> None:
+        self.broker.respond(self.broker.sent[n], data)
+        self.treq.flush()
+
+    def test_passes_status_and_body(self) -> None:
+        """
+        The backend's status and body reach the caller unchanged, with
+        Content-Length and no invented Content-Type.
+        """
+        d = self.treq.get("http://fmq.test/items?id=1")
+        self.assertNoResult(d)
+        body = bytes(range(256)) * 4 + b"\r\n\n"
+        self.answer(b"418\n" + body)
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 418)
+        self.assertEqual(self.successResultOf(response.content()), body)
+        self.assertEqual(response.length, len(body))  # Content-Length, not chunked
+        self.assertIsNone(response.headers.getRawHeaders(b"content-type"))
+
+    def test_raw_target_and_method(self) -> None:
+        """
+        The broker request carries the method and the raw target, query
+        string and odd slashes included.
+        """
+        for method, url, target in [
+            ("GET", "http://fmq.test/a//b/?q=1&r=%20x", b"/a//b/?q=1&r=%20x"),
+            ("POST", "http://fmq.test/", b"/"),
+            ("DELETE", "http://fmq.test/items/7", b"/items/7"),
+            ("PATCH", "http://fmq.test/x?a=%C3%A9", b"/x?a=%C3%A9"),
+        ]:
+            d = self.treq.request(method, url)
+            request = self.broker.sent[-1]
+            self.assertEqual((request.method, request.target), (method.encode(), target))
+            self.answer(b"200\n")
+            self.assertEqual(self.successResultOf(d).code, 200)
+
+    def test_empty_body(self) -> None:
+        """
+        A status-only answer gives an empty body with Content-Length 0.
+        """
+        d = self.treq.get("http://fmq.test/empty")
+        self.answer(b"200")
+        response = self.successResultOf(d)
+        self.assertEqual(self.successResultOf(response.content()), b"")
+        self.assertEqual(response.length, 0)
+
+    def test_collapsed_callers_get_same_answer(self) -> None:
+        """
+        Ten identical callers make one broker request and all get its answer.
+        """
+        ds = [self.treq.get("http://fmq.test/same") for _ in range(10)]
+        self.assertEqual(len(self.broker.sent), 1)
+        self.answer(b"200\nshared")
+        for d in ds:
+            self.assertEqual(self.successResultOf(self.successResultOf(d).content()), b"shared")
+
+    def assertRefused(self, d, status: int, words: bytes) -> None:
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, status)
+        body = self.successResultOf(response.content())
+        self.assertIn(words, body)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"),
+                         [b"text/plain; charset=utf-8"])
+        self.assertEqual(response.length, len(body))
+        return response
+
+    def test_malformed_is_502(self) -> None:
+        """
+        A malformed answer gives 502.
+        """
+        d = self.treq.get("http://fmq.test/bad")
+        self.answer(b"HTTP/1.1 200 OK\n")
+        self.assertRefused(d, 502, b"malformed")
+
+    def test_caller_timeout_is_504(self) -> None:
+        """
+        A caller that waited request_timeout gets 504.
+        """
+        d = self.treq.get("http://fmq.test/slow")
+        self.clock.advance(TIMEOUT)
+        self.treq.flush()
+        self.assertRefused(d, 504, b"timeout")
+
+    def test_ttl_is_504(self) -> None:
+        """
+        A broker request unanswered for its TTL gives 504.
+        """
+        self.dispatcher = Dispatcher(self.broker, self.clock, 1000.0, method_and_path)
+        self.treq = StubTreq(Front(self.dispatcher).app.resource())
+        d = self.treq.get("http://fmq.test/slow")
+        self.clock.advance(300.0)
+        self.treq.flush()
+        self.assertRefused(d, 504, b"TTL")
+
+    def test_unavailable_is_503_with_retry_after(self) -> None:
+        """
+        An unavailable broker gives 503 at once, with Retry-After.
+        """
+        self.broker.available = False
+        response = self.assertRefused(self.treq.get("http://fmq.test/x"), 503, b"unavailable")
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"1"])
