@@ -15,6 +15,7 @@ setup(
         "attrs>=23.1",
         "zope.interface>=6",
     ],
+    entry_points={"console_scripts": ["fmq-backend = fmq.backend:main"]},
     extras_require={
         "test": [
             "pytest>=8",

@@ -6,7 +6,6 @@ backend that plays on its directory from the test's reactor.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,8 +17,10 @@ from pathlib import Path
 import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool
+
+from fmq.backend import Behaviour, DirectoryBackend
 
 #: seconds any one thing may take before an end-to-end test gives up
 PATIENCE = 60.0
@@ -134,53 +135,36 @@ class FmqProcess:
             self.process.wait()
 
 
-class Backend:
+class HeldBackend(DirectoryBackend):
     """
-    A stand-in backend on a directory: answers each C{.req} it finds with
-    C{answer(line, n)}, where C{n} counts the requests it has seen; when that
-    returns C{None} the request waits for a later scan.
+    The stand-in backend, holding every request until the test releases it.
+
+    @ivar taken: every request line it has taken, in order.
     """
 
-    def __init__(self, directory: Path, answer: Callable[[bytes, int], bytes | None]) -> None:
-        self.directory = directory
-        self.answer = answer
-        self.seen: dict[tuple[int, int], bytes] = {}
-        self.answered = 0
-        self._loop = LoopingCall(self._scan)
+    def __init__(self, directory: Path, body: str = "{method} {path} #{n}",
+                 malformed: float = 0.0) -> None:
+        super().__init__(directory, reactor, Behaviour(body=body, malformed=malformed))
+        self.held: list[tuple[str, bytes]] = []
+        self.taken: list[bytes] = []
+        self.holding = True
 
-    def start(self) -> None:
-        self._loop.start(0.01)
+    def take(self, key: str, line: bytes) -> None:
+        self.taken.append(line)
+        if self.holding:
+            self.held.append((key, line))
+        else:
+            self.answer(key, line)
 
-    def stop(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
+    def release(self, hold_again: bool = False) -> None:
+        """
+        Answer what is held; later requests are answered at once unless
+        C{hold_again}.
+        """
+        held, self.held = self.held, []
+        self.holding = hold_again
+        for key, line in held:
+            self.answer(key, line)
 
     def requests(self) -> list[str]:
         return sorted(p.name for p in self.directory.glob("*.req"))
-
-    def _scan(self) -> None:
-        try:
-            names = os.listdir(self.directory)
-        except FileNotFoundError:
-            return
-        for name in names:
-            if not name.endswith(".req"):
-                continue
-            key = name[: -len(".req")]
-            path = self.directory / name
-            try:
-                if os.path.exists(self.directory / f"{key}.resp"):
-                    continue
-                st = os.stat(path)
-                line = path.read_bytes()
-            except FileNotFoundError:
-                continue
-            identity = (st.st_ino, st.st_mtime_ns)
-            self.seen.setdefault(identity, line)
-            data = self.answer(line, len(self.seen))
-            if data is None:
-                continue
-            temp = self.directory / f".backend-{key}"
-            temp.write_bytes(data)
-            os.rename(temp, self.directory / f"{key}.resp")
-            self.answered += 1

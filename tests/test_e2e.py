@@ -11,7 +11,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 
-from tests.e2e import Backend, FmqProcess, eventually
+from tests.e2e import FmqProcess, HeldBackend, eventually
 
 
 @pytest.fixture
@@ -35,10 +35,13 @@ def make_fmq(tmp_path: Path):
 
 @pytest.fixture
 def backends():
-    running: list[Backend] = []
+    """
+    Start stand-in backends; every one is stopped at the end.
+    """
+    running: list[HeldBackend] = []
 
-    def make(directory: Path, answer) -> Backend:
-        backend = Backend(directory, answer)
+    def make(directory: Path, **kwargs) -> HeldBackend:
+        backend = HeldBackend(directory, **kwargs)
         running.append(backend)
         backend.start()
         return backend
@@ -61,23 +64,18 @@ async def test_burst_collapses_to_one_request(make_fmq, backends) -> None:
     get the same body; the next batch makes a new one.
     """
     fmq = await make_fmq()
-    release = {"batch": 0}
-    backend = backends(
-        fmq.directory,
-        lambda line, n: b"200\nbatch %d of %s" % (n, line.strip()) if release["batch"] >= n
-        else None,
-    )
+    backend = backends(fmq.directory, body="batch {n} of {method} {path}")
     for batch, size in [(1, 200), (2, 50)]:
         calls = [fmq.get("/burst?x=1") for _ in range(size)]
         await fmq.waiting(size)
         assert len(backend.requests()) == 1
-        assert len(backend.seen) == batch
-        release["batch"] = batch
+        assert backend.taken == [b"GET /burst?x=1\n"] * batch
+        backend.release(hold_again=True)
         results = await answers(calls)
         assert results == [(200, b"batch %d of GET /burst?x=1" % batch)] * size
         await eventually(lambda: backend.requests() == [], "the request file to go")
     await eventually(lambda: list(fmq.directory.iterdir()) == [], "the directory to be empty")
-    assert backend.answered == 2
+    assert backend.counts["answered"] == 2
 
 
 @pytest_twisted.ensureDeferred
@@ -87,10 +85,11 @@ async def test_naive_every_caller_its_own_round_trip(make_fmq, backends) -> None
     getting its own answer.
     """
     fmq = await make_fmq("--mode", "naive")
-    backend = backends(fmq.directory, lambda line, n: b"200\nanswer %d" % n)
+    backend = backends(fmq.directory, body="answer {n}")
+    backend.release()
     results = await answers([fmq.get("/same") for _ in range(20)])
     assert sorted(results) == sorted((200, b"answer %d" % n) for n in range(1, 21))
-    assert backend.answered == 20
+    assert backend.counts["answered"] == 20
     await eventually(lambda: list(fmq.directory.iterdir()) == [], "the directory to be empty")
 
 
@@ -101,16 +100,15 @@ async def test_two_callers_timeout_scenario(make_fmq, backends) -> None:
     A's broker request and gets the answer that comes after A's timeout.
     """
     fmq = await make_fmq(http={"request_timeout": 5})
-    release = {"now": False}
-    backend = backends(fmq.directory, lambda line, n: b"200\nlate" if release["now"] else None)
+    backend = backends(fmq.directory, body="late")
     [a] = await answers([fmq.get("/slow")])
     assert a[0] == 504
     b = fmq.get("/slow")
     await fmq.waiting(1)
-    assert len(backend.seen) == 1
-    release["now"] = True
+    assert len(backend.taken) == 1
+    backend.release()
     assert await answers([b]) == [(200, b"late")]
-    assert backend.answered == 1
+    assert backend.counts["answered"] == 1
 
 
 @pytest_twisted.ensureDeferred
@@ -119,15 +117,14 @@ async def test_disconnect_drops_only_that_caller(make_fmq, backends) -> None:
     A caller that hangs up is dropped quietly; the others still get the answer.
     """
     fmq = await make_fmq()
-    release = {"now": False}
-    backends(fmq.directory, lambda line, n: b"200\nstill here" if release["now"] else None)
+    backend = backends(fmq.directory, body="still here")
     leaving = fmq.get("/shared")
     staying = [fmq.get("/shared") for _ in range(3)]
     await fmq.waiting(4)
     leaving.cancel()
     leaving.addErrback(lambda f: None)
     await fmq.waiting(3)
-    release["now"] = True
+    backend.release()
     assert await answers(staying) == [(200, b"still here")] * 3
 
 
@@ -137,7 +134,7 @@ async def test_malformed_answer_is_502(make_fmq, backends) -> None:
     A malformed answer gives 502 and both files are deleted.
     """
     fmq = await make_fmq()
-    backends(fmq.directory, lambda line, n: b"OK\n")
+    backends(fmq.directory, malformed=1.0).release()
     assert [code for code, _ in await answers([fmq.get("/bad")])] == [502]
     await eventually(lambda: list(fmq.directory.iterdir()) == [], "the directory to be empty")
     assert "malformed response" in fmq.log_text()

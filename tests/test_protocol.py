@@ -62,7 +62,7 @@ class BrokerKeyTests(SynchronousTestCase):
         A non-ASCII target is hashed as its UTF-8 bytes.
         """
         self.assertEqual(
-            broker_key("GET".encode("utf-8"), "/café?q=ü".encode("utf-8")),
+            broker_key(b"GET", "/café?q=ü".encode("utf-8")),
             md5("GET/café?q=ü".encode("utf-8")).hexdigest(),
         )
 
@@ -152,7 +152,9 @@ class ParseResponseTests(SynchronousTestCase):
         """
         Blanks around the status and a trailing carriage return are allowed.
         """
-        self.assertEqual(parse_response(b"  \t404 \t\r\nnot here"), BrokerResponse(404, b"not here"))
+        self.assertEqual(
+            parse_response(b"  \t404 \t\r\nnot here"), BrokerResponse(404, b"not here")
+        )
 
     def test_status_only(self) -> None:
         """
@@ -295,16 +297,17 @@ def _invalid_status_lines() -> st.SearchStrategy[bytes]:
     First lines (without their newline) that are not a valid status, by construction.
     """
     # a byte that strip() keeps and that is not a digit: the line can never be all digits
-    foreign = st.integers(0, 255).filter(lambda b: not bytes([b]).isdigit()).map(
-        lambda b: bytes([b])
-    ).filter(lambda b: b not in b" \t\n\r\x0b\x0c")
+    foreign = (
+        st.integers(0, 255)
+        .filter(lambda b: not bytes([b]).isdigit())
+        .map(lambda b: bytes([b]))
+        .filter(lambda b: b not in b" \t\n\r\x0b\x0c")
+    )
     no_newline = st.binary().map(lambda b: b.replace(b"\n", b""))
     with_foreign = st.tuples(no_newline, foreign, no_newline).map(b"".join)
     digits = st.text(alphabet="0123456789", max_size=8).map(lambda s: s.encode("ascii"))
     wrong_length = digits.filter(lambda d: len(d) != 3)
-    out_of_range = st.one_of(st.integers(0, 99), st.integers(600, 999)).map(
-        lambda n: b"%03d" % n
-    )
+    out_of_range = st.one_of(st.integers(0, 99), st.integers(600, 999)).map(lambda n: b"%03d" % n)
     inner_blank = st.tuples(
         st.text(alphabet="0123456789", min_size=1, max_size=3),
         st.text(alphabet=" \t\r", min_size=1, max_size=2),
@@ -345,7 +348,9 @@ class ParseResponsePropertyTests(SynchronousTestCase):
         self.assertEqual(parse_response(data), BrokerResponse(status, body))
 
     @quick
-    @given(line=_invalid_status_lines(), rest=st.one_of(st.just(b""), st.binary().map(b"\n".__add__)))
+    @given(
+        line=_invalid_status_lines(), rest=st.one_of(st.just(b""), st.binary().map(b"\n".__add__))
+    )
     def test_invalid_first_line(self, line: bytes, rest: bytes) -> None:
         """
         Data whose first line is not a valid status is malformed, whatever follows it.

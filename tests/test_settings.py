@@ -5,6 +5,8 @@ Tests for L{fmq.settings}, C{fmq/configspec.ini} and L{fmq.keys}.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,13 +24,22 @@ from fmq.keys import (
 from fmq.settings import DictSource, IniFile, Settings, SettingsError, load_settings
 
 
+def temporary_directory(case: SynchronousTestCase) -> Path:
+    """
+    A new empty directory outside the checkout, removed when C{case} ends.
+    """
+    path = Path(tempfile.mkdtemp(prefix="fmq-test-")).resolve()
+    case.addCleanup(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 class DefaultsTests(SynchronousTestCase):
     """
     Every key has the default of the contract, so an empty source works.
     """
 
     def setUp(self) -> None:
-        self.base = Path(self.mktemp()).resolve()
+        self.base = temporary_directory(self)
         self.settings = load_settings(DictSource({}, base=self.base))
 
     def test_http(self) -> None:
@@ -105,8 +116,7 @@ class IniFileTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.folder = Path(self.mktemp()).resolve()
-        self.folder.mkdir(parents=True)
+        self.folder = temporary_directory(self)
         self.path = self.folder / "fmq.ini"
 
     def load(self, text: str) -> Settings:
@@ -148,7 +158,7 @@ class IniFileTests(SynchronousTestCase):
         """
         An absolute directory is kept as it is.
         """
-        elsewhere = Path(self.mktemp()).resolve()
+        elsewhere = temporary_directory(self)
         settings = self.load(f"[broker]\ndirectory = {elsewhere}\n")
         self.assertEqual(settings.broker.directory, elsewhere)
 
@@ -213,19 +223,18 @@ class SettingsErrorTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.folder = Path(self.mktemp()).resolve()
-        self.folder.mkdir(parents=True)
+        self.folder = temporary_directory(self)
         self.path = self.folder / "fmq.ini"
 
-    def error(self, text: str | bytes, overrides: dict[tuple[str, str], str] = {}) -> str:
+    def error(self, text: str | bytes, overrides: dict[tuple[str, str], str] | None = None) -> str:
         """
-        Write C{text} to the ini file, load it, and return the error's message.
+        Write C{text} to the ini file, load it with C{overrides}, and return the error's message.
         """
         if isinstance(text, bytes):
             self.path.write_bytes(text)
         else:
             self.path.write_text(text, encoding="utf-8")
-        error = self.assertRaises(SettingsError, load_settings, IniFile(self.path), overrides)
+        error = self.assertRaises(SettingsError, load_settings, IniFile(self.path), overrides or {})
         return str(error)
 
     def assert_one_line(self, message: str, *words: str) -> None:
@@ -346,9 +355,7 @@ class SettingsErrorTests(SynchronousTestCase):
         """
         An override is validated like the file's values, and its key is named.
         """
-        self.assert_one_line(
-            self.error("", {("http", "port"): "ninety"}), "[http] port", "ninety"
-        )
+        self.assert_one_line(self.error("", {("http", "port"): "ninety"}), "[http] port", "ninety")
 
     def test_bad_override_mode(self) -> None:
         """

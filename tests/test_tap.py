@@ -7,8 +7,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,11 +24,20 @@ from fmq.brokers.factory import make_broker
 from fmq.brokers.file import FileBroker
 from fmq.interfaces import IBroker
 from fmq.settings import DictSource, Settings, load_settings
-from fmq.tap import Options, build_service, raise_open_files_limit
+from fmq.tap import Options, build_service
 from fmq.testing import MemoryBroker
 
 REPO = Path(__file__).resolve().parent.parent
 PLUGIN = REPO / "twisted_plugins" / "fmq_plugin.py"
+
+
+def temporary_directory(case: SynchronousTestCase) -> Path:
+    """
+    A new empty directory outside the checkout, removed when C{case} ends.
+    """
+    path = Path(tempfile.mkdtemp(prefix="fmq-test-")).resolve()
+    case.addCleanup(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def load_plugin() -> ModuleType:
@@ -76,8 +87,7 @@ class OptionsTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.folder = Path(self.mktemp()).resolve()
-        self.folder.mkdir(parents=True)
+        self.folder = temporary_directory(self)
         self.path = self.folder / "fmq.ini"
         self.path.write_text("[broker]\ndirectory = spool\n", encoding="utf-8")
 
@@ -173,9 +183,7 @@ class OptionsTests(SynchronousTestCase):
         A collapse key that cannot be imported stops the start with one line naming the key.
         """
         self.path.write_text("[service]\ncollapse_key = fmq.keys.nope\n", encoding="utf-8")
-        self.assert_one_line(
-            self.exit_message(), "[service] collapse_key", "fmq.keys.nope"
-        )
+        self.assert_one_line(self.exit_message(), "[service] collapse_key", "fmq.keys.nope")
 
 
 def memory_broker(settings: Settings, reactor: Any) -> MemoryBroker:
@@ -203,7 +211,7 @@ class MakeBrokerTests(SynchronousTestCase):
         """
         Settings with the given C{[broker]} keys and a temporary directory.
         """
-        directory = Path(self.mktemp()).resolve()
+        directory = temporary_directory(self) / "broker"
         return load_settings(DictSource({"broker": {"directory": str(directory), **broker}}))
 
     def test_file(self) -> None:
@@ -271,7 +279,7 @@ class BuildServiceTests(SynchronousTestCase):
         """
         Build and start the service tree on a fake reactor; stop it at cleanup.
         """
-        directory = Path(self.mktemp()).resolve()
+        directory = temporary_directory(self) / "broker"
         values = {"broker": {"directory": str(directory)}, **sections}
         self.settings = load_settings(DictSource(values))
         reactor = MemoryReactorClock()
@@ -309,7 +317,9 @@ class BuildServiceTests(SynchronousTestCase):
             http={"port": "9100", "interface": "0.0.0.0", "backlog": "1234"},
             admin={"port": "9101", "interface": "127.0.0.2"},
         )
-        listeners = {port: (backlog, interface) for port, _, backlog, interface in reactor.tcpServers}
+        listeners = {
+            port: (backlog, interface) for port, _, backlog, interface in reactor.tcpServers
+        }
         self.assertEqual(listeners[9100], (1234, "0.0.0.0"))
         self.assertEqual(listeners[9101][1], "127.0.0.2")
         self.assertEqual(len(reactor.tcpServers), 2)
@@ -340,7 +350,7 @@ class BuildServiceTests(SynchronousTestCase):
         """
         An unusable broker type is a L{ValueError} naming the key, before anything listens.
         """
-        directory = Path(self.mktemp()).resolve()
+        directory = temporary_directory(self) / "broker"
         settings = load_settings(
             DictSource({"broker": {"directory": str(directory), "type": "amqp"}})
         )

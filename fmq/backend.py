@@ -1,0 +1,216 @@
+"""
+A stand-in backend for the file broker: answers each C{.req} in a directory.
+
+Run it beside fmq: C{./scripts/backend --dir var/broker --delay 0.5}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+log = Logger(namespace="fmq.backend")
+
+
+@attrs.frozen
+class Behaviour:
+    """
+    How the stand-in backend answers.
+
+    @ivar delay: seconds before answering, drawn uniformly from this range.
+    @ivar status: the status line of good answers.
+    @ivar body: a template for the body; C{{method}}, C{{path}} and C{{n}}
+        (how many times this method and path were answered) are filled in.
+    @ivar malformed: the share of answers that are not in the response format.
+    @ivar in_place: the share of answers written in place, in two parts.
+    @ivar never: the share of requests never answered.
+    """
+
+    delay: tuple[float, float] = (0.0, 0.0)
+    status: int = 200
+    body: str = "{method} {path} #{n}\n"
+    malformed: float = 0.0
+    in_place: float = 0.0
+    never: float = 0.0
+
+
+class DirectoryBackend:
+    """
+    Scans a directory for requests and answers them after a delay.
+
+    @ivar counts: what it did, by kind: seen, answered, malformed, in_place,
+        ignored, withdrawn (gone before its answer was due).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        clock: IReactorTime,
+        behaviour: Behaviour,
+        poll_interval: float = 0.01,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.directory = directory
+        self._clock = clock
+        self._behaviour = behaviour
+        self._poll_interval = poll_interval
+        self._rng = rng or random.Random()
+        # key -> "pending" (answer scheduled), "answered" or "ignored"
+        self._state: dict[str, str] = {}
+        self._answers: Counter[bytes] = Counter()
+        self.counts: Counter[str] = Counter()
+        self._loop = LoopingCall(self.scan)
+        self._loop.clock = clock
+
+    def start(self) -> None:
+        self._loop.start(self._poll_interval)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def scan(self) -> None:
+        """
+        Take every request not yet taken.
+
+        A key answered earlier is free again once fmq has consumed the answer
+        (the C{.resp} is gone), even if a new C{.req} is already there.
+        """
+        try:
+            names = set(os.listdir(self.directory))
+        except FileNotFoundError:
+            return
+        for key, state in list(self._state.items()):
+            if state == "answered" and f"{key}.resp" not in names:
+                del self._state[key]
+            elif state == "ignored" and f"{key}.req" not in names:
+                del self._state[key]
+        for name in names:
+            if not name.endswith(".req") or name[:-4] in self._state:
+                continue
+            key = name[:-4]
+            try:
+                line = (self.directory / name).read_bytes()
+            except FileNotFoundError:
+                continue
+            self.counts["seen"] += 1
+            if self._rng.random() < self._behaviour.never:
+                self._state[key] = "ignored"
+                self.counts["ignored"] += 1
+                continue
+            self._state[key] = "pending"
+            self.take(key, line)
+
+    def take(self, key: str, line: bytes) -> None:
+        """
+        Answer a new request after the delay.
+        """
+        low, high = self._behaviour.delay
+        self._clock.callLater(self._rng.uniform(low, high), self.answer, key, line)
+
+    def answer(self, key: str, line: bytes) -> None:
+        """
+        Write the answer to one request, unless it was withdrawn meanwhile.
+        """
+        if not (self.directory / f"{key}.req").exists():
+            del self._state[key]
+            self.counts["withdrawn"] += 1
+            return
+        self._state[key] = "answered"
+        method, _, path = line.rstrip(b"\n").partition(b" ")
+        self._answers[line] += 1
+        behaviour = self._behaviour
+        if self._rng.random() < behaviour.malformed:
+            data = b"not a status\n"
+            self.counts["malformed"] += 1
+        else:
+            body = behaviour.body.format(
+                method=method.decode("utf-8", "replace"),
+                path=path.decode("utf-8", "replace"),
+                n=self._answers[line],
+            )
+            data = b"%d\n" % behaviour.status + body.encode()
+        target = self.directory / f"{key}.resp"
+        try:
+            if self._rng.random() < behaviour.in_place:
+                self.counts["in_place"] += 1
+                self._write_in_place(target, data)
+            else:
+                temp = self.directory / f".backend-{key}.tmp"
+                temp.write_bytes(data)
+                os.rename(temp, target)
+        except OSError as e:
+            del self._state[key]
+            log.warn("cannot answer {key}: {error}", key=key, error=e.strerror)
+            return
+        self.counts["answered"] += 1
+
+    def _write_in_place(self, target: Path, data: bytes) -> None:
+        half = len(data) // 2
+        handle = open(target, "wb")
+        handle.write(data[:half])
+        handle.flush()
+
+        def finish() -> None:
+            with handle:
+                handle.write(data[half:])
+
+        self._clock.callLater(0.05, finish)
+
+
+def _delay(text: str) -> tuple[float, float]:
+    low, _, high = text.partition("-")
+    return float(low), float(high or low)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    C{fmq-backend}: answer the requests in a directory until interrupted.
+    """
+    parser = argparse.ArgumentParser(prog="fmq-backend", description=__doc__)
+    parser.add_argument("--dir", type=Path, default=Path("var/broker"),
+                        help="the broker directory (default: %(default)s)")
+    parser.add_argument("--delay", type=_delay, default=(0.0, 0.0),
+                        help="seconds before answering, e.g. 0.5 or 0.1-2 (default: 0)")
+    parser.add_argument("--status", type=int, default=200)
+    parser.add_argument("--body", default=Behaviour.body,
+                        help="body template with {method}, {path}, {n} (default: %(default)r)")
+    parser.add_argument("--malformed", type=float, default=0.0, help="share of malformed answers")
+    parser.add_argument("--in-place", type=float, default=0.0,
+                        help="share of answers written in place, in two parts")
+    parser.add_argument("--never", type=float, default=0.0, help="share never answered")
+    parser.add_argument("--poll", type=float, default=0.01, help="seconds between scans")
+    args = parser.parse_args(argv)
+
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
+    behaviour = Behaviour(args.delay, args.status, args.body, args.malformed, args.in_place,
+                          args.never)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    backend = DirectoryBackend(args.dir, reactor, behaviour, args.poll)
+    backend.start()
+    report = LoopingCall(lambda: backend.counts and log.info(
+        "{counts}", counts=" ".join(f"{k}={v}" for k, v in sorted(backend.counts.items()))))
+    report.start(5.0, now=False)
+    reactor.addSystemEventTrigger("before", "shutdown", report.stop)
+    signal.signal(signal.SIGINT, lambda *_: reactor.callFromThread(reactor.stop))
+    log.info("answering requests in {dir}", dir=str(args.dir))
+    reactor.run()
+    print(" ".join(f"{k}={v}" for k, v in sorted(backend.counts.items())) or "no requests")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
