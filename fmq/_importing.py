@@ -19,8 +19,8 @@ def import_dotted(dotted: str) -> object:
         raise ValueError(f"not a dotted path: {dotted!r}")
     try:
         found = getattr(import_module(module_name), attribute)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"cannot import {dotted!r}: {e}") from None
+    except Exception as e:  # whatever importing the user's module raises
+        raise ValueError(f"cannot import {dotted!r}: {type(e).__name__}: {e}") from None
     if not callable(found):
         raise ValueError(f"{dotted!r} is not callable")
     return found

@@ -178,16 +178,31 @@ def main(argv: list[str] | None = None) -> int:
     C{fmq-backend}: answer the requests in a directory until interrupted.
     """
     parser = argparse.ArgumentParser(prog="fmq-backend", description=__doc__)
-    parser.add_argument("--dir", type=Path, default=Path("var/broker"),
-                        help="the broker directory (default: %(default)s)")
-    parser.add_argument("--delay", type=_delay, default=(0.0, 0.0),
-                        help="seconds before answering, e.g. 0.5 or 0.1-2 (default: 0)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("var/broker"),
+        help="the broker directory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--delay",
+        type=_delay,
+        default=(0.0, 0.0),
+        help="seconds before answering, e.g. 0.5 or 0.1-2 (default: 0)",
+    )
     parser.add_argument("--status", type=int, default=200)
-    parser.add_argument("--body", default=Behaviour.body,
-                        help="body template with {method}, {path}, {n} (default: %(default)r)")
+    parser.add_argument(
+        "--body",
+        default=Behaviour.body,
+        help="body template with {method}, {path}, {n} (default: %(default)r)",
+    )
     parser.add_argument("--malformed", type=float, default=0.0, help="share of malformed answers")
-    parser.add_argument("--in-place", type=float, default=0.0,
-                        help="share of answers written in place, in two parts")
+    parser.add_argument(
+        "--in-place",
+        type=float,
+        default=0.0,
+        help="share of answers written in place, in two parts",
+    )
     parser.add_argument("--never", type=float, default=0.0, help="share never answered")
     parser.add_argument("--poll", type=float, default=0.01, help="seconds between scans")
     args = parser.parse_args(argv)
@@ -196,13 +211,20 @@ def main(argv: list[str] | None = None) -> int:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-    behaviour = Behaviour(args.delay, args.status, args.body, args.malformed, args.in_place,
-                          args.never)
+    behaviour = Behaviour(
+        args.delay, args.status, args.body, args.malformed, args.in_place, args.never
+    )
     args.dir.mkdir(parents=True, exist_ok=True)
     backend = DirectoryBackend(args.dir, reactor, behaviour, args.poll)
     backend.start()
-    report = LoopingCall(lambda: backend.counts and log.info(
-        "{counts}", counts=" ".join(f"{k}={v}" for k, v in sorted(backend.counts.items()))))
+    report = LoopingCall(
+        lambda: (
+            backend.counts
+            and log.info(
+                "{counts}", counts=" ".join(f"{k}={v}" for k, v in sorted(backend.counts.items()))
+            )
+        )
+    )
     report.start(5.0, now=False)
     reactor.addSystemEventTrigger("before", "shutdown", report.stop)
     signal.signal(signal.SIGINT, lambda *_: reactor.callFromThread(reactor.stop))

@@ -96,9 +96,7 @@ class Dispatcher:
         return joined
 
     def _join(self, key: Hashable, group: _Group) -> Deferred[BrokerResponse]:
-        deferred: Deferred[BrokerResponse] = Deferred(
-            lambda d: self._leave(key, group, d)
-        )
+        deferred: Deferred[BrokerResponse] = Deferred(lambda d: self._leave(key, group, d))
         group.callers[deferred] = self._clock.callLater(
             self._timeout, self._time_out, key, group, deferred
         )
@@ -120,9 +118,12 @@ class Dispatcher:
 
     def _time_out(self, key: Hashable, group: _Group, deferred: Deferred[BrokerResponse]) -> None:
         self.caller_timeouts += 1
-        self.log.info("caller timed out after {timeout}s waiting for {key}; "
-                      "{others} others still wait", timeout=self._timeout,
-                      key=group.request.key, others=len(group.callers) - 1)
+        self.log.info(
+            "caller timed out after {timeout}s waiting for {key}; {others} others still wait",
+            timeout=self._timeout,
+            key=group.request.key,
+            others=len(group.callers) - 1,
+        )
         self._leave(key, group, deferred)
         deferred.errback(CallerTimeout())
 
@@ -134,9 +135,12 @@ class Dispatcher:
             del self._groups[key]
         callers, group.callers = group.callers, {}
         self.callers_waiting -= len(callers)
-        self.log.debug("broker request {key} ended after {ms:.1f} ms; {callers} callers",
-                       key=group.request.key, callers=len(callers),
-                       ms=(self._clock.seconds() - group.started) * 1000)
+        self.log.debug(
+            "broker request {key} ended after {ms:.1f} ms; {callers} callers",
+            key=group.request.key,
+            callers=len(callers),
+            ms=(self._clock.seconds() - group.started) * 1000,
+        )
         for deferred, timeout in callers.items():
             timeout.cancel()
             if isinstance(result, Failure):

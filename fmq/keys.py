@@ -11,6 +11,7 @@ it. It is named in the configuration by its dotted path
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
+
 import attrs
 from twisted.web.http_headers import Headers
 

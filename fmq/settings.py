@@ -114,7 +114,12 @@ class IniFile:
         except OSError as e:
             raise SettingsError(f"{self.path}: cannot read the file: {e.strerror or e}") from None
         except ConfigObjError as e:
-            raise SettingsError(f"{self.path}: cannot parse the file: {e}") from None
+            errors = getattr(e, "errors", None) or [e]
+            raise SettingsError(f"{self.path}: cannot parse the file: {errors[0]}") from None
+        except UnicodeDecodeError as e:
+            raise SettingsError(
+                f"{self.path}: cannot read the file: not UTF-8 ({e.reason} at byte {e.start})"
+            ) from None
 
     def base_directory(self) -> Path:
         return self.path.resolve().parent

@@ -83,24 +83,28 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     broker = make_broker(settings, reactor)
     broker.setServiceParent(root)
     collapse_key = (
-        None if settings.service.mode == "naive"
+        None
+        if settings.service.mode == "naive"
         else load_collapse_key(settings.service.collapse_key)
     )
     dispatcher = Dispatcher(broker, reactor, settings.http.request_timeout, collapse_key)
 
     site_class = Site if settings.http.access_log else QuietSite
     front = site_class(Front(dispatcher).app.resource(), reactor=reactor)
-    _listen(root, reactor, settings.http.interface, settings.http.port, front,
-            settings.http.backlog)
+    _listen(
+        root, reactor, settings.http.interface, settings.http.port, front, settings.http.backlog
+    )
 
-    admin = QuietSite(Admin(broker, settings.broker.type, dispatcher, reactor).app.resource(),
-                      reactor=reactor)
+    admin = QuietSite(
+        Admin(broker, settings.broker.type, dispatcher, reactor).app.resource(), reactor=reactor
+    )
     _listen(root, reactor, settings.admin.interface, settings.admin.port, admin, 50)
     return root
 
 
-def _listen(root: MultiService, reactor: Any, interface: str, port: int, site: Site,
-            backlog: int) -> None:
+def _listen(
+    root: MultiService, reactor: Any, interface: str, port: int, site: Site, backlog: int
+) -> None:
     endpoint = TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
     service = StreamServerEndpointService(endpoint, site)
     service._raiseSynchronously = True
@@ -119,9 +123,13 @@ def makeService(options: Options) -> IService:
     log.info(
         "fmq starting from {source}: http {interface}:{port} ({mode} mode, caller "
         "timeout {timeout}s), {broker} broker, admin {admin_interface}:{admin_port}",
-        source=settings.source, interface=settings.http.interface, port=settings.http.port,
-        mode=settings.service.mode, timeout=settings.http.request_timeout,
-        broker=settings.broker.type, admin_interface=settings.admin.interface,
+        source=settings.source,
+        interface=settings.http.interface,
+        port=settings.http.port,
+        mode=settings.service.mode,
+        timeout=settings.http.request_timeout,
+        broker=settings.broker.type,
+        admin_interface=settings.admin.interface,
         admin_port=settings.admin.port,
     )
     try:

@@ -38,9 +38,7 @@ class Front:
         """
         caller = CallerRequest(request.method, request.uri, request.requestHeaders)
         answer = self._dispatcher.handle(caller)
-        answer.addCallbacks(
-            _reply, _refuse, callbackArgs=(request,), errbackArgs=(request,)
-        )
+        answer.addCallbacks(_reply, _refuse, callbackArgs=(request,), errbackArgs=(request,))
         return answer
 
 

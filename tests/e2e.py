@@ -87,7 +87,9 @@ class FmqProcess:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [str(twistd), "-n", "--pidfile=", "fmq", "--config", str(self.ini), *args],
-                cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.tmp,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         await eventually(self._healthy, "fmq to answer /health")
 
@@ -108,6 +110,7 @@ class FmqProcess:
         """
         Wait until C{count} callers wait in fmq.
         """
+
         async def check() -> bool:
             return (await self.health())["callers_waiting"] == count
 
@@ -142,8 +145,9 @@ class HeldBackend(DirectoryBackend):
     @ivar taken: every request line it has taken, in order.
     """
 
-    def __init__(self, directory: Path, body: str = "{method} {path} #{n}",
-                 malformed: float = 0.0) -> None:
+    def __init__(
+        self, directory: Path, body: str = "{method} {path} #{n}", malformed: float = 0.0
+    ) -> None:
         super().__init__(directory, reactor, Behaviour(body=body, malformed=malformed))
         self.held: list[tuple[str, bytes]] = []
         self.taken: list[bytes] = []

@@ -54,7 +54,7 @@ def backends():
 async def answers(deferreds) -> list[tuple[int, bytes]]:
     responses = await gatherResults(deferreds)
     bodies = await gatherResults([r.content() for r in responses])
-    return [(r.code, body) for r, body in zip(responses, bodies)]
+    return [(r.code, body) for r, body in zip(responses, bodies, strict=True)]
 
 
 @pytest_twisted.ensureDeferred

@@ -95,8 +95,7 @@ class FileBrokerTests(SynchronousTestCase):
         request = BrokerRequest.of(b"GET", b"/items?id=1")
         self.broker.submit(request)
         self.assertEqual(self.names(), [f"{request.key}.req"])
-        self.assertEqual((self.directory / f"{request.key}.req").read_bytes(),
-                         b"GET /items?id=1\n")
+        self.assertEqual((self.directory / f"{request.key}.req").read_bytes(), b"GET /items?id=1\n")
 
     def test_deletes_req_before_resp(self) -> None:
         """
@@ -120,8 +119,9 @@ class FileBrokerTests(SynchronousTestCase):
         self.broker.submit(request)
         self.backend.answer(request, b"200\nok")
         self.backend.deliver()
-        self.assertEqual(self.names(), sorted([".hidden", "0" * 32 + ".resp", "notes.txt",
-                                               "x.resp.tmp"]))
+        self.assertEqual(
+            self.names(), sorted([".hidden", "0" * 32 + ".resp", "notes.txt", "x.resp.tmp"])
+        )
 
     def test_same_key_waits_for_files_to_go(self) -> None:
         """
@@ -164,8 +164,7 @@ class FileBrokerTests(SynchronousTestCase):
         Deletion is retried with doubling delays, capped, each retry counted
         and logged.
         """
-        self.assertEqual([retry_delay(n, 1.0) for n in range(6)],
-                         [0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+        self.assertEqual([retry_delay(n, 1.0) for n in range(6)], [0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
         request = BrokerRequest.of(b"GET", b"/x")
         self.broker.submit(request)
         self.fs.faults["unlink"] = [errno.EACCES] * 3
@@ -275,8 +274,9 @@ class FileBrokerTests(SynchronousTestCase):
         """
         os.rmdir(self.directory)
         for path in (b"/a", b"/b"):
-            self.failureResultOf(self.broker.submit(BrokerRequest.of(b"GET", path)),
-                                 BrokerUnavailable)
+            self.failureResultOf(
+                self.broker.submit(BrokerRequest.of(b"GET", path)), BrokerUnavailable
+            )
         self.assertFalse(self.broker.available)
         changes = [e for e in self.events if "unavailable" in e.get("log_format", "")]
         self.assertEqual(len(changes), 1)
@@ -343,8 +343,14 @@ class StartTests(SynchronousTestCase):
         """
         parent = Path(self.mktemp())
         parent.write_bytes(b"a file, not a folder")
-        broker = FileBroker(parent / "broker", Clock(), poll_interval=POLL, request_ttl=1,
-                            settle_time=0.2, delete_retry_max=1)
+        broker = FileBroker(
+            parent / "broker",
+            Clock(),
+            poll_interval=POLL,
+            request_ttl=1,
+            settle_time=0.2,
+            delete_retry_max=1,
+        )
         broker.startService()
         self.addCleanup(broker.stopService)
         self.assertTrue(broker.running)

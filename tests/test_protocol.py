@@ -62,8 +62,8 @@ class BrokerKeyTests(SynchronousTestCase):
         A non-ASCII target is hashed as its UTF-8 bytes.
         """
         self.assertEqual(
-            broker_key(b"GET", "/café?q=ü".encode("utf-8")),
-            md5("GET/café?q=ü".encode("utf-8")).hexdigest(),
+            broker_key(b"GET", "/café?q=ü".encode()),
+            md5("GET/café?q=ü".encode()).hexdigest(),
         )
 
     @quick
@@ -269,8 +269,8 @@ class ParseResponseTests(SynchronousTestCase):
         """
         A status written in non-ASCII digits is malformed.
         """
-        self.assert_malformed("٢٠٠\n".encode("utf-8"))
-        self.assert_malformed("２００\n".encode("utf-8"))
+        self.assert_malformed("٢٠٠\n".encode())
+        self.assert_malformed("２００\n".encode())
 
     def test_reason_phrase(self) -> None:
         """

@@ -9,7 +9,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import pytest
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 from zope.interface.verify import verifyObject
@@ -259,22 +258,12 @@ class SettingsErrorTests(SynchronousTestCase):
         """
         self.assert_one_line(self.error("[http\nport = 1\n"), "cannot parse", "line 1")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="fmq/settings.py IniFile.load passes configobj's two-line "
-        "'Parsing failed with several errors.\\nFirst error at line N.' through unchanged",
-    )
     def test_unparsable_several_errors(self) -> None:
         """
         A file with several syntax errors still gives a one-line message.
         """
         self.assert_one_line(self.error("[http]\nport\nfoo\n"), "cannot parse")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="fmq/settings.py IniFile.load does not catch UnicodeDecodeError; a file that is "
-        "not UTF-8 escapes as a traceback instead of SettingsError",
-    )
     def test_not_utf8(self) -> None:
         """
         A file that is not UTF-8 is a settings error naming the file.
@@ -461,11 +450,6 @@ class LoadCollapseKeyTests(SynchronousTestCase):
         self.assertRaises(ValueError, load_collapse_key, ".method_and_path")
         self.assertRaises(ValueError, load_collapse_key, "fmq.keys.")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="fmq/_importing.py import_dotted: import_module('.') raises TypeError "
-        "(relative import without package), which is not turned into ValueError",
-    )
     def test_relative_path(self) -> None:
         """
         A relative dotted path is a L{ValueError}, not another exception.

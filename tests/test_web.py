@@ -4,9 +4,9 @@ Tests for L{fmq.web} through the Klein app, with L{StubTreq}.
 
 from __future__ import annotations
 
+from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
-from treq.testing import StubTreq
 
 from fmq.dispatch import Dispatcher
 from fmq.keys import method_and_path
@@ -89,8 +89,9 @@ class FrontTests(SynchronousTestCase):
         self.assertEqual(response.code, status)
         body = self.successResultOf(response.content())
         self.assertIn(words, body)
-        self.assertEqual(response.headers.getRawHeaders(b"content-type"),
-                         [b"text/plain; charset=utf-8"])
+        self.assertEqual(
+            response.headers.getRawHeaders(b"content-type"), [b"text/plain; charset=utf-8"]
+        )
         self.assertEqual(response.length, len(body))
         return response
 

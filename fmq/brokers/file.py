@@ -210,8 +210,9 @@ class FileBroker(Service):
 
     def _write_error(self, error: OSError) -> BrokerRequestFailed:
         if error.errno in OVERLOAD_ERRNOS:
-            self.log.error("cannot write a request: {error} (out of file descriptors)",
-                           error=error.strerror)
+            self.log.error(
+                "cannot write a request: {error} (out of file descriptors)", error=error.strerror
+            )
             return Overloaded()
         if error.errno not in UNAVAILABLE_ERRNOS:
             self.log.error("cannot write a request: {error}", error=str(error))
@@ -223,12 +224,15 @@ class FileBroker(Service):
             return
         self.available = available
         if available:
-            self.log.info("broker directory {directory} is usable again",
-                          directory=str(self.directory))
+            self.log.info(
+                "broker directory {directory} is usable again", directory=str(self.directory)
+            )
         else:
-            self.log.error("broker directory {directory} is unavailable: {error}",
-                           directory=str(self.directory),
-                           error=error.strerror if error is not None else "unknown")
+            self.log.error(
+                "broker directory {directory} is unavailable: {error}",
+                directory=str(self.directory),
+                error=error.strerror if error is not None else "unknown",
+            )
 
     def _next(self, key: str) -> None:
         """
@@ -244,8 +248,12 @@ class FileBroker(Service):
 
     def _expire(self, pending: _Pending) -> None:
         pending.expiry = None
-        self.log.warn("no answer for {key} ({request}) within {ttl}s: withdrawn",
-                      key=pending.request.key, request=pending.request.line, ttl=self._ttl)
+        self.log.warn(
+            "no answer for {key} ({request}) within {ttl}s: withdrawn",
+            key=pending.request.key,
+            request=pending.request.line,
+            ttl=self._ttl,
+        )
         self._drop(pending, RequestExpired())
 
     def _drop(self, pending: _Pending, error: BrokerRequestFailed | None) -> None:
@@ -287,11 +295,13 @@ class FileBroker(Service):
             try:
                 self._check(pending)
             except OSError as e:
-                self.log.warn("cannot read {key}.resp: {error}", key=pending.request.key,
-                              error=e.strerror or str(e))
+                self.log.warn(
+                    "cannot read {key}.resp: {error}",
+                    key=pending.request.key,
+                    error=e.strerror or str(e),
+                )
             except Exception:
-                self.log.failure("unexpected error reading {key}.resp",
-                                 key=pending.request.key)
+                self.log.failure("unexpected error reading {key}.resp", key=pending.request.key)
 
     def _check(self, pending: _Pending) -> None:
         key = pending.request.key
@@ -319,12 +329,20 @@ class FileBroker(Service):
         try:
             response = parse_response(found.data)
         except MalformedResponse as e:
-            self.log.warn("malformed response in {key}.resp for {request}: {error}",
-                          key=request.key, request=request.line, error=str(e))
+            self.log.warn(
+                "malformed response in {key}.resp for {request}: {error}",
+                key=request.key,
+                request=request.line,
+                error=str(e),
+            )
             pending.deferred.errback(e)
         else:
-            self.log.debug("answered {key}: {status}, {size} bytes", key=request.key,
-                           status=response.status, size=len(response.body))
+            self.log.debug(
+                "answered {key}: {status}, {size} bytes",
+                key=request.key,
+                status=response.status,
+                size=len(response.body),
+            )
             pending.deferred.callback(response)
         self._attempt(cleanup)
 
@@ -356,9 +374,13 @@ class FileBroker(Service):
                 self.delete_retries += 1
                 delay = retry_delay(cleanup.attempts, self._delete_retry_max)
                 cleanup.attempts += 1
-                self.log.warn("cannot delete {name}: {error}; retry {attempt} in {delay:.2f}s",
-                              name=name, error=e.strerror or str(e),
-                              attempt=cleanup.attempts, delay=delay)
+                self.log.warn(
+                    "cannot delete {name}: {error}; retry {attempt} in {delay:.2f}s",
+                    name=name,
+                    error=e.strerror or str(e),
+                    attempt=cleanup.attempts,
+                    delay=delay,
+                )
                 cleanup.retry = self._clock.callLater(delay, self._attempt, cleanup)
                 return
             cleanup.names.pop(0)
