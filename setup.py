@@ -22,6 +22,7 @@ setup(
             "pytest-twisted>=1.14",
             "treq>=24.9",
             "hypothesis>=6.100",
+            "ruff>=0.6",
         ],
     },
 )

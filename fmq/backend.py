@@ -155,6 +155,12 @@ class DirectoryBackend:
             return
         self.counts["answered"] += 1
 
+    def summary(self) -> str:
+        """
+        The counts as one line, e.g. C{answered=3 seen=4}.
+        """
+        return " ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "no requests"
+
     def _write_in_place(self, target: Path, data: bytes) -> None:
         half = len(data) // 2
         handle = open(target, "wb")
@@ -193,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--status", type=int, default=200)
     parser.add_argument(
         "--body",
-        default=Behaviour.body,
+        default=attrs.fields(Behaviour).body.default,
         help="body template with {method}, {path}, {n} (default: %(default)r)",
     )
     parser.add_argument("--malformed", type=float, default=0.0, help="share of malformed answers")
@@ -217,20 +223,21 @@ def main(argv: list[str] | None = None) -> int:
     args.dir.mkdir(parents=True, exist_ok=True)
     backend = DirectoryBackend(args.dir, reactor, behaviour, args.poll)
     backend.start()
-    report = LoopingCall(
-        lambda: (
-            backend.counts
-            and log.info(
-                "{counts}", counts=" ".join(f"{k}={v}" for k, v in sorted(backend.counts.items()))
-            )
-        )
-    )
-    report.start(5.0, now=False)
-    reactor.addSystemEventTrigger("before", "shutdown", report.stop)
+    last: dict[str, int] = {}
+
+    def report() -> None:
+        if backend.counts != last:
+            last.clear()
+            last.update(backend.counts)
+            log.info("{counts}", counts=backend.summary())
+
+    reporter = LoopingCall(report)
+    reporter.start(5.0, now=False)
+    reactor.addSystemEventTrigger("before", "shutdown", reporter.stop)
     signal.signal(signal.SIGINT, lambda *_: reactor.callFromThread(reactor.stop))
     log.info("answering requests in {dir}", dir=str(args.dir))
     reactor.run()
-    print(" ".join(f"{k}={v}" for k, v in sorted(backend.counts.items())) or "no requests")
+    log.info("stopped: {counts}", counts=backend.summary())
     return 0
 
 

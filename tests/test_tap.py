@@ -409,3 +409,21 @@ class OpenFilesLimitTests(SynchronousTestCase):
         """
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         self.assertEqual(self.run_child(hard), ([hard, hard], [hard, hard]))
+
+
+class InstalledPluginTests(SynchronousTestCase):
+    """
+    The installed project, as twistd sees it.
+    """
+
+    def test_twistd_lists_fmq(self) -> None:
+        """
+        C{twistd --help} of the installed project lists the fmq plugin (the
+        test suite runs on a plain, non-editable install).
+        """
+        twistd = Path(sys.executable).with_name("twistd")
+        result = subprocess.run(
+            [str(twistd), "--help"], capture_output=True, text=True, timeout=120, check=True
+        )
+        [line] = [line for line in result.stdout.splitlines() if line.split()[:1] == ["fmq"]]
+        self.assertIn("message broker", line)
