@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from fmq.errors import CallerTimeout
+from fmq.errors import CallerTimeout, ShuttingDown
 from fmq.interfaces import IBroker
 from fmq.keys import CallerRequest, CollapseKey
 from fmq.protocol import BrokerRequest, BrokerResponse
@@ -64,6 +64,7 @@ class Dispatcher:
         self._timeout = request_timeout
         self._collapse_key = collapse_key
         self._groups: dict[Hashable, _Group] = {}
+        self._closed = False
         self.callers_waiting = 0
         self.collapsed = 0
         self.caller_timeouts = 0
@@ -83,6 +84,8 @@ class Dispatcher:
             response or fails with a L{fmq.errors.BrokerRequestFailed};
             cancelling it (the caller went away) removes only this caller.
         """
+        if self._closed:
+            return fail(ShuttingDown())
         key: Hashable = object() if self._collapse_key is None else self._collapse_key(caller)
         group = self._groups.get(key)
         if group is not None:
@@ -94,6 +97,17 @@ class Dispatcher:
         # The caller is in the group before the broker can answer, even at once.
         self._broker.submit(group.request).addBoth(self._finish, key, group)
         return joined
+
+    def close(self) -> None:
+        """
+        Answer every waiting caller, and every later one, with L{ShuttingDown};
+        the broker requests stay with the broker.
+        """
+        self._closed = True
+        groups = list(self._groups.values())
+        self._groups.clear()
+        for group in groups:
+            self._hand_out(group, Failure(ShuttingDown()))
 
     def _join(self, key: Hashable, group: _Group) -> Deferred[BrokerResponse]:
         deferred: Deferred[BrokerResponse] = Deferred(lambda d: self._leave(key, group, d))
@@ -133,14 +147,20 @@ class Dispatcher:
         """
         if self._groups.get(key) is group:
             del self._groups[key]
-        callers, group.callers = group.callers, {}
-        self.callers_waiting -= len(callers)
         self.log.debug(
             "broker request {key} ended after {ms:.1f} ms; {callers} callers",
             key=group.request.key,
-            callers=len(callers),
+            callers=len(group.callers),
             ms=(self._clock.seconds() - group.started) * 1000,
         )
+        self._hand_out(group, result)
+
+    def _hand_out(self, group: _Group, result: BrokerResponse | Failure) -> None:
+        """
+        Give C{result} to every caller of C{group}.
+        """
+        callers, group.callers = group.callers, {}
+        self.callers_waiting -= len(callers)
         for deferred, timeout in callers.items():
             timeout.cancel()
             if isinstance(result, Failure):

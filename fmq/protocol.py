@@ -77,6 +77,19 @@ def encode_request(request: BrokerRequest) -> bytes:
     return request.method + b" " + request.target + b"\n"
 
 
+def decode_request(data: bytes) -> tuple[bytes, bytes]:
+    """
+    The method and target of a request file or message (see L{encode_request}).
+
+    @raise ValueError: the data is not C{METHOD PATH\\n}.
+    """
+    line, newline, _ = data.partition(b"\n")
+    method, space, target = line.partition(b" ")
+    if not (newline and space and method and target):
+        raise ValueError(f"not a request line: {data[:60]!r}")
+    return method, target
+
+
 def parse_response(data: bytes) -> BrokerResponse:
     """
     Parse the backend's answer.

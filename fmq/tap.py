@@ -12,6 +12,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.python import usage
 from twisted.web.server import Site
 
@@ -19,6 +20,7 @@ from fmq.admin import Admin
 from fmq.brokers.factory import make_broker
 from fmq.dispatch import Dispatcher
 from fmq.keys import load_collapse_key
+from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm
 from fmq.settings import IniFile, Settings, SettingsError, load_settings
 from fmq.web import Front, QuietSite
 
@@ -75,11 +77,12 @@ def raise_open_files_limit() -> tuple[int, int]:
 
 def build_service(settings: Settings, reactor: Any) -> MultiService:
     """
-    The service tree: broker, then the HTTP and admin listeners.
+    The service tree: broker, drain, then the HTTP and admin listeners.
 
-    Stopping stops them in reverse order: listeners first, then the broker.
+    Stopping goes in reverse: the listeners stop accepting, the drain answers
+    waiting callers 503, then the broker stops and leaves its request files.
     """
-    root = MultiService()
+    root = FmqService()
     broker = make_broker(settings, reactor)
     broker.setServiceParent(root)
     collapse_key = (
@@ -90,7 +93,8 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     dispatcher = Dispatcher(broker, reactor, settings.http.request_timeout, collapse_key)
 
     site_class = Site if settings.http.access_log else QuietSite
-    front = site_class(Front(dispatcher).app.resource(), reactor=reactor)
+    front = WrappingFactory(site_class(Front(dispatcher).app.resource(), reactor=reactor))
+    Drain(dispatcher, front, reactor).setServiceParent(root)
     _listen(
         root, reactor, settings.http.interface, settings.http.port, front, settings.http.backlog
     )
@@ -103,10 +107,10 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
 
 
 def _listen(
-    root: MultiService, reactor: Any, interface: str, port: int, site: Site, backlog: int
+    root: MultiService, reactor: Any, interface: str, port: int, factory: Any, backlog: int
 ) -> None:
     endpoint = TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
-    service = StreamServerEndpointService(endpoint, site)
+    service = StreamServerEndpointService(endpoint, factory)
     service._raiseSynchronously = True
     service.setServiceParent(root)
 
@@ -133,6 +137,8 @@ def makeService(options: Options) -> IService:
         admin_port=settings.admin.port,
     )
     try:
-        return build_service(settings, reactor)
+        root = build_service(settings, reactor)
     except ValueError as e:
         raise SystemExit(f"fmq: {settings.source}: {e}") from None
+    reactor.callWhenRunning(exit_cleanly_on_sigterm, reactor)
+    return root

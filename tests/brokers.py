@@ -19,6 +19,7 @@ from fmq.protocol import BrokerRequest, BrokerResponse
 from fmq.testing import MemoryBroker
 
 POLL = 0.05
+CHECK = 0.5
 TTL = 300.0
 
 
@@ -67,7 +68,13 @@ class MemoryBackend:
 
 
 def file_broker(directory: Path, clock: Clock, **kwargs) -> FileBroker:
-    options = dict(poll_interval=POLL, request_ttl=TTL, settle_time=0.2, delete_retry_max=5.0)
+    options = dict(
+        poll_interval=POLL,
+        request_ttl=TTL,
+        settle_time=0.2,
+        delete_retry_max=5.0,
+        check_interval=CHECK,
+    )
     options.update(kwargs)
     return FileBroker(directory, clock, **options)
 

@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import time
 from pathlib import Path
 
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from fmq.brokers.file import FileBroker, retry_delay, settled
+from fmq.brokers.file import FileBroker
 from fmq.brokers.fs import FileSystem, ResponseFile
-from fmq.errors import BrokerUnavailable, Overloaded, ShuttingDown
+from fmq.brokers.layout import LOCK_NAME, retry_delay, settled
+from fmq.brokers.lock import LockHeld
+from fmq.errors import BrokerUnavailable, Overloaded, RequestExpired, ShuttingDown
 from fmq.protocol import BrokerRequest
-from tests.brokers import POLL, FileBackend, file_broker
+from tests.brokers import CHECK, POLL, TTL, FileBackend, file_broker
 
 
 class FaultyFileSystem(FileSystem):
@@ -29,6 +33,10 @@ class FaultyFileSystem(FileSystem):
         self.faults: dict[str, list[int]] = {}
         self.unlinked: list[str] = []
         self.closed: bool | None = True
+        self.probe_error: OSError | None = None
+
+    def probe(self, directory: Path) -> OSError | None:
+        return self.probe_error or super().probe(directory)
 
     def _fault(self, call: str) -> None:
         queue = self.faults.get(call)
@@ -79,7 +87,7 @@ class FileBrokerTests(SynchronousTestCase):
             self.flushLoggedErrors(ShuttingDown)
 
     def names(self) -> list[str]:
-        return sorted(os.listdir(self.directory))
+        return sorted(n for n in os.listdir(self.directory) if n != LOCK_NAME)
 
     def test_creates_directory(self) -> None:
         """
@@ -270,20 +278,84 @@ class FileBrokerTests(SynchronousTestCase):
     def test_missing_directory_is_unavailable(self) -> None:
         """
         With the directory gone, a request fails with L{BrokerUnavailable}, the
-        change is logged once, and the broker resumes when the directory is back.
+        change is logged once, and the broker resumes by itself when the
+        directory is back, locking it again.
         """
-        os.rmdir(self.directory)
+        shutil.rmtree(self.directory)
         for path in (b"/a", b"/b"):
             self.failureResultOf(
                 self.broker.submit(BrokerRequest.of(b"GET", path)), BrokerUnavailable
             )
         self.assertFalse(self.broker.available)
+        for _ in range(5):
+            self.clock.advance(CHECK)
         changes = [e for e in self.events if "unavailable" in e.get("log_format", "")]
         self.assertEqual(len(changes), 1)
         self.assertEqual(changes[0]["log_level"], LogLevel.error)
         os.mkdir(self.directory)
-        self.assertNoResult(self.broker.submit(BrokerRequest.of(b"GET", b"/c")))
+        self.failureResultOf(self.broker.submit(BrokerRequest.of(b"GET", b"/c")), BrokerUnavailable)
+        self.clock.advance(CHECK)
         self.assertTrue(self.broker.available)
+        self.assertTrue((self.directory / LOCK_NAME).exists())
+        self.assertNoResult(self.broker.submit(BrokerRequest.of(b"GET", b"/c")))
+        self.assertEqual(
+            len([e for e in self.events if "usable again" in e.get("log_format", "")]), 1
+        )
+
+    def test_waiting_callers_get_503_within_a_check(self) -> None:
+        """
+        When the directory goes away, requests already in flight or queued fail
+        with L{BrokerUnavailable} at the next availability check, however long
+        the scan interval.
+        """
+        self.broker.stopService()
+        self.broker = file_broker(self.directory, self.clock, fs=self.fs, poll_interval=60.0)
+        self.broker.startService()
+        first = self.broker.submit(BrokerRequest.of(b"GET", b"/x"))
+        queued = self.broker.submit(BrokerRequest.of(b"GET", b"/x"))
+        other = self.broker.submit(BrokerRequest.of(b"GET", b"/y"))
+        shutil.rmtree(self.directory)
+        self.clock.advance(CHECK)
+        for d in (first, queued, other):
+            self.failureResultOf(d, BrokerUnavailable)
+        self.assertEqual(self.broker.in_flight(), 0)
+
+    def test_not_writable_is_unavailable(self) -> None:
+        """
+        A directory fmq may not write in is unavailable until that changes.
+        """
+        answer = self.broker.submit(BrokerRequest.of(b"GET", b"/x"))
+        self.fs.probe_error = OSError(errno.EACCES, "Permission denied")
+        self.clock.advance(CHECK)
+        self.failureResultOf(answer, BrokerUnavailable)
+        self.failureResultOf(self.broker.submit(BrokerRequest.of(b"GET", b"/y")), BrokerUnavailable)
+        self.fs.probe_error = None
+        self.clock.advance(CHECK)
+        self.assertTrue(self.broker.available)
+
+    def test_full_disk_write(self) -> None:
+        """
+        A write failing with ENOSPC fails that request with 503 and marks the
+        broker unavailable until the next check finds room.
+        """
+        self.fs.faults["write"] = [errno.ENOSPC]
+        self.failureResultOf(self.broker.submit(BrokerRequest.of(b"GET", b"/x")), BrokerUnavailable)
+        self.assertFalse(self.broker.available)
+        self.clock.advance(CHECK)
+        self.assertTrue(self.broker.available)
+
+    def test_directory_replaced(self) -> None:
+        """
+        A directory removed and made again between two checks fails the
+        requests that were in it and is locked again.
+        """
+        answer = self.broker.submit(BrokerRequest.of(b"GET", b"/x"))
+        shutil.rmtree(self.directory)
+        os.mkdir(self.directory)
+        self.clock.advance(CHECK)
+        self.failureResultOf(answer, BrokerUnavailable)
+        self.assertTrue(self.broker.available)
+        self.assertTrue((self.directory / LOCK_NAME).exists())
 
     def test_queued_requests_fail_when_unavailable(self) -> None:
         """
@@ -355,3 +427,123 @@ class StartTests(SynchronousTestCase):
         self.addCleanup(broker.stopService)
         self.assertTrue(broker.running)
         self.assertFalse(broker.available)
+
+
+class LeftoverTests(SynchronousTestCase):
+    """
+    What a broker finds in its directory at start, left by an earlier run.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(time.time())  # file times and the clock agree
+        self.directory = Path(self.mktemp())
+        self.directory.mkdir()
+        self.backend = FileBackend(self.directory, self.clock)
+
+    def leave(self, name: str, data: bytes = b"", age: float = 0.0) -> Path:
+        path = self.directory / name
+        path.write_bytes(data)
+        when = self.clock.seconds() - age
+        os.utime(path, (when, when))
+        return path
+
+    def start(self, **kwargs) -> FileBroker:
+        broker = file_broker(self.directory, self.clock, **kwargs)
+        broker.startService()
+        self.addCleanup(lambda: broker.running and broker.stopService())
+        return broker
+
+    def test_adopts_unanswered_request(self) -> None:
+        """
+        A request left unanswered is adopted, not written again: a new
+        identical request joins it and gets the backend's answer.
+        """
+        request = BrokerRequest.of(b"GET", b"/left")
+        left = self.leave(f"{request.key}.req", b"GET /left\n", age=10)
+        inode = left.stat().st_ino
+        broker = self.start()
+        self.assertEqual(broker.in_flight(), 1)
+        answer = broker.submit(BrokerRequest.of(b"GET", b"/left"))
+        self.assertEqual(left.stat().st_ino, inode)
+        self.assertEqual(broker.in_flight(), 1)
+        self.backend.answer(request, b"200\nfor the adopted")
+        self.backend.deliver()
+        self.assertEqual(self.successResultOf(answer).body, b"for the adopted")
+        self.assertEqual(os.listdir(self.directory), [LOCK_NAME])
+
+    def test_adopted_ttl_counts_from_file_time(self) -> None:
+        """
+        An adopted request's TTL counts from its file's mtime; when nobody
+        joined it, it is withdrawn quietly.
+        """
+        self.leave(f"{BrokerRequest.of(b'GET', b'/old').key}.req", b"GET /old\n", age=TTL - 5)
+        broker = self.start()
+        self.clock.advance(4)
+        self.assertEqual(broker.in_flight(), 1)
+        self.clock.advance(1)
+        self.assertEqual(broker.in_flight(), 0)
+        self.assertEqual(os.listdir(self.directory), [LOCK_NAME])
+
+    def test_adopted_expired_fails_joined_caller(self) -> None:
+        """
+        A caller who joined an adopted request gets L{RequestExpired} at its TTL.
+        """
+        self.leave(f"{BrokerRequest.of(b'GET', b'/old').key}.req", b"GET /old\n", age=TTL - 5)
+        broker = self.start()
+        answer = broker.submit(BrokerRequest.of(b"GET", b"/old"))
+        self.clock.advance(5)
+        self.failureResultOf(answer, RequestExpired)
+
+    def test_deletes_answered_and_temporary(self) -> None:
+        """
+        Answers nobody waits for are deleted with their requests, so are
+        answers with no request and fmq's own temporary files; other files stay.
+        """
+        a, b = BrokerRequest.of(b"GET", b"/a"), BrokerRequest.of(b"GET", b"/b")
+        self.leave(f"{a.key}.req", b"GET /a\n")
+        self.leave(f"{a.key}.resp", b"200\nold")
+        self.leave(f"{b.key}.resp", b"200\norphan")
+        self.leave(f".fmq-{a.key}.req.123.tmp", b"GET /a")
+        self.leave("notes.txt", b"mine")
+        self.leave(".backend.tmp", b"200\n")
+        broker = self.start()
+        self.assertEqual(broker.in_flight(), 0)
+        self.assertEqual(
+            sorted(os.listdir(self.directory)), [".backend.tmp", LOCK_NAME, "notes.txt"]
+        )
+        answer = broker.submit(BrokerRequest.of(b"GET", b"/a"))
+        self.backend.deliver()
+        self.assertNoResult(answer)
+        broker.stopService()
+        self.failureResultOf(answer, ShuttingDown)
+
+    def test_unreadable_leftover(self) -> None:
+        """
+        A leftover request that is not a request line is not adopted, and
+        the start goes on.
+        """
+        self.leave(f"{'0' * 32}.req", b"garbage")
+        broker = self.start()
+        self.assertEqual(broker.in_flight(), 0)
+        self.assertTrue(broker.available)
+
+    def test_second_broker_refused(self) -> None:
+        """
+        A second broker on the same directory does not start: L{LockHeld}
+        names the lock file and the holder's pid.
+        """
+        self.start()
+        second = file_broker(self.directory, self.clock)
+        error = self.assertRaises(LockHeld, second.startService)
+        self.assertEqual(error.path, self.directory / LOCK_NAME)
+        self.assertEqual(error.holder, str(os.getpid()))
+        self.assertIn(f"held by pid {os.getpid()}", str(error))
+        self.assertFalse(second.running)
+
+    def test_lock_released_at_stop(self) -> None:
+        """
+        After a broker stops, another one can take the directory.
+        """
+        self.start().stopService()
+        self.start()

@@ -19,7 +19,16 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from fmq.brokers.fs import OVERLOAD_ERRNOS, UNAVAILABLE_ERRNOS, FileSystem, ResponseFile
+from fmq.brokers.fs import OVERLOAD_ERRNOS, FileSystem, ResponseFile
+from fmq.brokers.layout import (
+    request_name,
+    response_name,
+    retry_delay,
+    settled,
+    sort_leftovers,
+    ttl_left,
+)
+from fmq.brokers.lock import DirectoryLock, LockHeld
 from fmq.errors import (
     BrokerRequestFailed,
     BrokerUnavailable,
@@ -30,22 +39,28 @@ from fmq.errors import (
     Withdrawn,
 )
 from fmq.interfaces import IBroker
-from fmq.protocol import BrokerRequest, BrokerResponse, encode_request, parse_response
-
-#: first delay between attempts to delete a file; it doubles up to the cap.
-FIRST_DELETE_RETRY = 0.1
+from fmq.protocol import (
+    BrokerRequest,
+    BrokerResponse,
+    decode_request,
+    encode_request,
+    parse_response,
+)
 
 
 @attrs.define(eq=False)
 class _Pending:
     """
     One broker request in this broker: queued, then sent, then answered.
+
+    @ivar adopted: a request left by an earlier run that no caller has joined yet.
     """
 
     request: BrokerRequest
     deferred: Deferred[BrokerResponse]
     expiry: IDelayedCall | None = None
     written_mtime_ns: int = 0
+    adopted: bool = False
     # the response as last seen and when, while waiting for it to settle
     seen: tuple[int, int, int] | None = None
     seen_at: float = 0.0
@@ -54,7 +69,7 @@ class _Pending:
 @attrs.define(eq=False)
 class _Cleanup:
     """
-    The files of a finished request, being deleted.
+    The files of a finished request, being deleted, the request first.
     """
 
     key: str
@@ -63,36 +78,13 @@ class _Cleanup:
     retry: IDelayedCall | None = None
 
 
-def settled(
-    previous: tuple[int, int, int] | None,
-    current: tuple[int, int, int],
-    seen_at: float,
-    now: float,
-    settle_time: float,
-) -> bool:
-    """
-    Whether a response of unknown state may be read: it has not changed
-    (inode, size, mtime) for C{settle_time} seconds.
-    """
-    if settle_time <= 0:
-        return True
-    return previous == current and now - seen_at >= settle_time
-
-
-def retry_delay(attempt: int, cap: float) -> float:
-    """
-    Seconds before the next attempt to delete a file: exponential, capped.
-    """
-    return min(FIRST_DELETE_RETRY * 2 ** min(attempt, 30), cap)
-
-
 @implementer(IBroker)
 class FileBroker(Service):
     """
     A broker over a directory, scanned by a L{LoopingCall}.
 
-    @ivar available: C{False} after a request could not be written because
-        the directory is missing, not writable or full.
+    @ivar available: C{False} while the directory is missing, not writable,
+        full, or locked by another process.
     @ivar delete_retries: attempts to delete a file that had to be retried.
     """
 
@@ -107,33 +99,54 @@ class FileBroker(Service):
         request_ttl: float,
         settle_time: float,
         delete_retry_max: float,
+        check_interval: float = 0.5,
         fs: FileSystem | None = None,
     ) -> None:
         self.directory = Path(directory)
         self._clock = clock
         self._poll_interval = poll_interval
+        self._check_interval = check_interval
         self._ttl = request_ttl
         self._settle_time = settle_time
         self._delete_retry_max = delete_retry_max
         self._fs = fs if fs is not None else FileSystem()
+        self._lock = DirectoryLock(self.directory)
         self._sent: dict[str, _Pending] = {}
         self._waiting: dict[str, deque[_Pending]] = {}
         self._cleaning: dict[str, _Cleanup] = {}
-        self._loop: LoopingCall | None = None
-        self.available = True
+        # identity (inode, mtime) of answers already delivered but not yet deleted
+        self._spent: dict[str, tuple[int, int]] = {}
+        self._loops: list[LoopingCall] = []
+        self.available = False
         self.delete_retries = 0
 
     # -- the service
 
     def startService(self) -> None:
-        Service.startService(self)
+        """
+        Take the directory: create it if missing, lock it, adopt what an
+        earlier run left; then scan it and watch that it stays usable.
+
+        @raise LockHeld: another process works in this directory.
+        """
         try:
             self._fs.ensure_directory(self.directory)
         except OSError as e:
-            self._set_available(False, e)
-        self._loop = LoopingCall(self._scan)
-        self._loop.clock = self._clock
-        self._loop.start(self._poll_interval, now=False)
+            self.log.error(
+                "cannot create {directory}: {error}",
+                directory=str(self.directory),
+                error=e.strerror,
+            )
+        self._watch(starting=True)
+        Service.startService(self)
+        for call, interval in [
+            (self._scan, self._poll_interval),
+            (self._watch, self._check_interval),
+        ]:
+            loop = LoopingCall(call)
+            loop.clock = self._clock
+            loop.start(interval, now=False)
+            self._loops.append(loop)
         self.log.info(
             "file broker on {directory} (scan every {interval}s, request TTL {ttl}s)",
             directory=str(self.directory),
@@ -142,18 +155,20 @@ class FileBroker(Service):
         )
 
     def stopService(self) -> None:
+        """
+        Stop scanning; requests still unanswered fail with L{ShuttingDown} and
+        their files stay for the next start to adopt.
+        """
         Service.stopService(self)
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops.clear()
         for cleanup in self._cleaning.values():
             if cleanup.retry is not None and cleanup.retry.active():
                 cleanup.retry.cancel()
         self._cleaning.clear()
-        everyone = list(self._sent.values())
-        for queue in self._waiting.values():
-            everyone.extend(queue)
-        self._sent.clear()
-        self._waiting.clear()
+        everyone = self._forget_all()
         if everyone:
             self.log.info(
                 "stopping with {count} broker requests unanswered; their files stay",
@@ -161,20 +176,26 @@ class FileBroker(Service):
             )
         for pending in everyone:
             self._fail(pending, ShuttingDown())
+        self._lock.release()
 
     # -- IBroker
 
     def submit(self, request: BrokerRequest) -> Deferred[BrokerResponse]:
+        adopted = self._sent.get(request.key)
+        if adopted is not None and adopted.adopted and self.running:
+            return self._join_adopted(adopted, request)
         pending = _Pending(request, Deferred(lambda d: self._drop(pending, None)))
         if not self.running:
             pending.deferred.errback(ShuttingDown())
-            return pending.deferred
-        pending.expiry = self._clock.callLater(self._ttl, self._expire, pending)
-        key = request.key
-        if key in self._sent or key in self._cleaning or key in self._waiting:
-            self._waiting.setdefault(key, deque()).append(pending)
+        elif not self.available:
+            pending.deferred.errback(BrokerUnavailable())
         else:
-            self._send(pending)
+            pending.expiry = self._clock.callLater(self._ttl, self._expire, pending)
+            key = request.key
+            if key in self._sent or key in self._cleaning or key in self._waiting:
+                self._waiting.setdefault(key, deque()).append(pending)
+            else:
+                self._send(pending)
         return pending.deferred
 
     def withdraw(self, request: BrokerRequest) -> None:
@@ -192,47 +213,22 @@ class FileBroker(Service):
 
     # -- sending
 
-    def _path(self, key: str, suffix: str) -> Path:
-        return self.directory / f"{key}{suffix}"
-
     def _send(self, pending: _Pending) -> None:
         request = pending.request
         try:
             pending.written_mtime_ns = self._fs.write_atomic(
-                self._path(request.key, ".req"), encode_request(request)
+                self.directory / request_name(request.key), encode_request(request)
             )
         except OSError as e:
-            self._fail(pending, self._write_error(e))
+            if e.errno in OVERLOAD_ERRNOS:
+                self.log.error("cannot write a request: {error}", error=e.strerror)
+                self._fail(pending, Overloaded())
+            else:
+                self._fail(pending, BrokerUnavailable())
+                self._lose(e.strerror or str(e))
             return
-        self._set_available(True)
         self._sent[request.key] = pending
         self.log.debug("wrote {key}.req for {request}", key=request.key, request=request.line)
-
-    def _write_error(self, error: OSError) -> BrokerRequestFailed:
-        if error.errno in OVERLOAD_ERRNOS:
-            self.log.error(
-                "cannot write a request: {error} (out of file descriptors)", error=error.strerror
-            )
-            return Overloaded()
-        if error.errno not in UNAVAILABLE_ERRNOS:
-            self.log.error("cannot write a request: {error}", error=str(error))
-        self._set_available(False, error)
-        return BrokerUnavailable()
-
-    def _set_available(self, available: bool, error: OSError | None = None) -> None:
-        if available == self.available:
-            return
-        self.available = available
-        if available:
-            self.log.info(
-                "broker directory {directory} is usable again", directory=str(self.directory)
-            )
-        else:
-            self.log.error(
-                "broker directory {directory} is unavailable: {error}",
-                directory=str(self.directory),
-                error=error.strerror if error is not None else "unknown",
-            )
 
     def _next(self, key: str) -> None:
         """
@@ -243,6 +239,134 @@ class FileBroker(Service):
             self._send(queue.popleft())
         if queue is not None and not queue and self._waiting.get(key) is queue:
             del self._waiting[key]
+
+    # -- the directory: usable or not, and what an earlier run left
+
+    def _watch(self, starting: bool = False) -> None:
+        """
+        Check that the directory is usable and still the one locked; on a
+        change, fail or resume, and log it once.
+
+        @raise LockHeld: when starting, another process holds the lock.
+        """
+        error = self._fs.probe(self.directory)
+        if error is None:
+            directory = self._fs.stat(self.directory)
+            if not self._lock.holds(directory):
+                if self.available:
+                    self._lose("the directory was replaced")
+                try:
+                    self._lock.acquire()
+                except LockHeld as e:
+                    if starting:
+                        raise
+                    self._lose(str(e))
+                    return
+                except OSError as e:
+                    self._lose(e.strerror or str(e))
+                    return
+        if error is not None:
+            self._lose(error.strerror or str(error))
+        elif not self.available:
+            self.available = True
+            if not starting:
+                self.log.info(
+                    "broker directory {directory} is usable again", directory=str(self.directory)
+                )
+            self._take_leftovers()
+
+    def _lose(self, reason: str) -> None:
+        """
+        The directory became unusable: every request in flight fails with
+        L{BrokerUnavailable}, and so do new ones until it is back.
+        """
+        if self.available or not self._lost_logged:
+            self.log.error(
+                "broker directory {directory} is unavailable: {reason}",
+                directory=str(self.directory),
+                reason=reason,
+            )
+        self._lost_logged = True
+        self.available = False
+        for pending in self._forget_all():
+            if not pending.adopted:
+                self._fail(pending, BrokerUnavailable())
+            else:
+                self._cancel_expiry(pending)
+
+    _lost_logged = False
+
+    def _forget_all(self) -> list[_Pending]:
+        everyone = list(self._sent.values())
+        for queue in self._waiting.values():
+            everyone.extend(queue)
+            queue.clear()
+        self._sent.clear()
+        self._waiting.clear()
+        return everyone
+
+    def _take_leftovers(self) -> None:
+        """
+        Adopt the requests an earlier run left unanswered; delete the answers
+        nobody waits for any more, with their requests, and fmq's temporary files.
+        """
+        try:
+            leftovers = sort_leftovers(self._fs.list_names(self.directory))
+        except OSError as e:
+            self.log.error(
+                "cannot list {directory}: {error}", directory=str(self.directory), error=e.strerror
+            )
+            return
+        for name in leftovers.temporaries:
+            try:
+                self._fs.unlink(self.directory / name)
+            except OSError:
+                pass
+        for key in leftovers.answered:
+            if key not in self._sent and key not in self._cleaning:
+                self.log.info("deleting the answer {key}.resp left by an earlier run", key=key)
+                self._attempt(self._start_cleanup(key))
+        for key in leftovers.unanswered:
+            if key not in self._sent and key not in self._cleaning:
+                self._adopt(key)
+
+    def _adopt(self, key: str) -> None:
+        path = self.directory / request_name(key)
+        try:
+            st = self._fs.stat(path)
+            method, target = decode_request(self._fs.read_bytes(path))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            self.log.warn("cannot adopt {key}.req: {error}", key=key, error=str(e))
+            return
+        deferred: Deferred[BrokerResponse] = Deferred()
+        deferred.addErrback(lambda f: None)  # nobody may ever join it
+        pending = _Pending(
+            BrokerRequest(key, method, target),
+            deferred,
+            adopted=True,
+            written_mtime_ns=st.st_mtime_ns,
+        )
+        left = ttl_left(self._ttl, st.st_mtime, self._clock.seconds())
+        pending.expiry = self._clock.callLater(left, self._expire, pending)
+        self._sent[key] = pending
+        self.log.info(
+            "adopted {key}.req ({request}) left by an earlier run; {left:.0f}s of TTL left",
+            key=key,
+            request=pending.request.line,
+            left=left,
+        )
+
+    def _join_adopted(self, pending: _Pending, request: BrokerRequest) -> Deferred[BrokerResponse]:
+        """
+        The first caller for an adopted request takes it over: nothing is written.
+        """
+        pending.adopted = False
+        pending.request = request
+        pending.deferred = Deferred(lambda d: self._drop(pending, None))
+        self.log.info("a caller joined the adopted request {key}", key=request.key)
+        return pending.deferred
 
     # -- ending a request
 
@@ -306,11 +430,13 @@ class FileBroker(Service):
     def _check(self, pending: _Pending) -> None:
         key = pending.request.key
         try:
-            found = self._fs.read_response(self._path(key, ".resp"))
+            found = self._fs.read_response(self.directory / response_name(key))
         except FileNotFoundError:
             return
         if found is None or found.mtime_ns < pending.written_mtime_ns:
             return  # still being written, or a late answer to an older request
+        if self._spent.get(key) == (found.inode, found.mtime_ns):
+            return  # delivered before, not deleted yet
         if found.closed is None:
             identity = (found.inode, found.size, found.mtime_ns)
             now = self._clock.seconds()
@@ -324,6 +450,7 @@ class FileBroker(Service):
         request = pending.request
         del self._sent[request.key]
         self._cancel_expiry(pending)
+        self._spent[request.key] = (found.inode, found.mtime_ns)
         # Deliver before deleting, for latency; the key stays busy meanwhile.
         cleanup = self._start_cleanup(request.key)
         try:
@@ -338,10 +465,11 @@ class FileBroker(Service):
             pending.deferred.errback(e)
         else:
             self.log.debug(
-                "answered {key}: {status}, {size} bytes",
+                "answered {key}: {status}, {size} bytes{adopted}",
                 key=request.key,
                 status=response.status,
                 size=len(response.body),
+                adopted=" (adopted, nobody waiting)" if pending.adopted else "",
             )
             pending.deferred.callback(response)
         self._attempt(cleanup)
@@ -352,7 +480,7 @@ class FileBroker(Service):
         """
         Mark C{key} busy until its files are deleted (see L{_attempt}).
         """
-        cleanup = _Cleanup(key, [f"{key}.req", f"{key}.resp"])
+        cleanup = _Cleanup(key, [request_name(key), response_name(key)])
         self._cleaning[key] = cleanup
         return cleanup
 
@@ -385,4 +513,5 @@ class FileBroker(Service):
                 return
             cleanup.names.pop(0)
         del self._cleaning[cleanup.key]
+        self._spent.pop(cleanup.key, None)
         self._next(cleanup.key)

@@ -10,29 +10,15 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import stat
 from pathlib import Path
 
 import attrs
 
-#: errno values that mean the broker directory cannot take requests now.
-UNAVAILABLE_ERRNOS = frozenset(
-    {
-        errno.ENOENT,
-        errno.ENOTDIR,
-        errno.EACCES,
-        errno.EPERM,
-        errno.EROFS,
-        errno.ENOSPC,
-        errno.EDQUOT,
-        errno.EIO,
-    }
-)
+from fmq.brokers.layout import temporary_name
 
 #: errno values that mean this process is short of descriptors.
 OVERLOAD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
-
-#: prefix of fmq's own temporary files; dotfiles are never read as requests.
-TEMP_PREFIX = ".fmq-"
 
 
 @attrs.frozen
@@ -64,7 +50,7 @@ class FileSystem:
         @return: the written file's mtime in nanoseconds.
         @raise OSError: nothing was left behind.
         """
-        temp = path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}.tmp")
+        temp = path.with_name(temporary_name(path.name, os.getpid()))
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             try:
@@ -122,6 +108,39 @@ class FileSystem:
         @raise OSError: it could not be deleted (C{FileNotFoundError} if absent).
         """
         os.unlink(path)
+
+    def probe(self, directory: Path) -> OSError | None:
+        """
+        Whether fmq can work in C{directory}: it exists, is a folder, fmq may
+        create files in it, and its filesystem has room.
+
+        @return: C{None} if so, else an error saying why not.
+        """
+        try:
+            st = os.stat(directory)
+        except OSError as e:
+            return e
+        if not stat.S_ISDIR(st.st_mode):
+            return OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        if not os.access(directory, os.W_OK | os.X_OK):
+            return OSError(errno.EACCES, os.strerror(errno.EACCES))
+        try:
+            fs = os.statvfs(directory)
+        except OSError as e:
+            return e
+        if (fs.f_blocks and not fs.f_bavail) or (fs.f_files and not fs.f_favail):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return None
+
+    def stat(self, path: Path) -> os.stat_result:
+        return os.stat(path)
+
+    def list_names(self, directory: Path) -> list[str]:
+        return os.listdir(directory)
+
+    def read_bytes(self, path: Path) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
 
     def ensure_directory(self, path: Path) -> None:
         """

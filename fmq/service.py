@@ -1,0 +1,98 @@
+"""
+The service tree's root: start failures as one line, and a graceful stop.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
+
+from fmq.brokers.lock import LockHeld
+from fmq.dispatch import Dispatcher
+
+log = Logger(namespace="fmq")
+
+
+class FmqService(MultiService):
+    """
+    fmq's root service. Expected start failures (the directory is locked by
+    another instance, a port is taken) end the start with one line.
+    """
+
+    def startService(self) -> None:
+        try:
+            MultiService.startService(self)
+        except LockHeld as e:
+            raise SystemExit(f"fmq: {e}") from None
+        except CannotListenError as e:
+            raise SystemExit(
+                f"fmq: cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}"
+            ) from None
+
+
+class Drain(Service):
+    """
+    At stop, answer waiting callers 503 and close the callers' connections once
+    their answers are written, so none is cut off mid-answer.
+
+    Put it after the broker and before the HTTP listener in the tree: stopping
+    goes in reverse, so the listener stops accepting first.
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        connections: WrappingFactory,
+        clock: IReactorTime,
+        patience: float = 5.0,
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._connections = connections
+        self._clock = clock
+        self._patience = patience
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        waiting = self._dispatcher.callers_waiting
+        self._dispatcher.close()
+        open_connections = list(self._connections.protocols)
+        for protocol in open_connections:
+            protocol.transport.loseConnection()
+        log.info(
+            "stopping: answered {waiting} waiting callers 503, closing {connections} connections",
+            waiting=waiting,
+            connections=len(open_connections),
+        )
+        done: Deferred[None] = Deferred()
+        deadline = self._clock.seconds() + self._patience
+
+        def check() -> None:
+            if not self._connections.protocols or self._clock.seconds() >= deadline:
+                done.callback(None)
+            else:
+                self._clock.callLater(0.02, check)
+
+        check()
+        return done
+
+
+def exit_cleanly_on_sigterm(reactor: Any) -> None:
+    """
+    Make SIGTERM stop the reactor like any shutdown, so twistd exits with
+    status 0 instead of re-raising the signal (status 143).
+
+    Call it once the reactor runs: it installs its own handlers at start.
+    """
+
+    def stop() -> None:
+        log.info("SIGTERM: stopping; request files stay for the next start")
+        reactor.stop()
+
+    signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(stop))
