@@ -5,6 +5,8 @@ The service tree's root: start failures as one line, and a graceful stop.
 from __future__ import annotations
 
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from twisted.application.service import MultiService, Service
@@ -26,15 +28,25 @@ class FmqService(MultiService):
     another instance, a port is taken) end the start with one line.
     """
 
+    def privilegedStartService(self) -> None:
+        with _one_line_start_errors():
+            MultiService.privilegedStartService(self)
+
     def startService(self) -> None:
-        try:
+        with _one_line_start_errors():
             MultiService.startService(self)
-        except LockHeld as e:
-            raise SystemExit(f"fmq: {e}") from None
-        except CannotListenError as e:
-            raise SystemExit(
-                f"fmq: cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}"
-            ) from None
+
+
+@contextmanager
+def _one_line_start_errors() -> Iterator[None]:
+    try:
+        yield
+    except LockHeld as e:
+        raise SystemExit(f"fmq: {e}") from None
+    except CannotListenError as e:
+        raise SystemExit(
+            f"fmq: cannot listen on {e.interface or '*'}:{e.port}: {e.socketError}"
+        ) from None
 
 
 class Drain(Service):

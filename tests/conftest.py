@@ -2,7 +2,13 @@
 Shared fixtures.
 """
 
+from pathlib import Path
+
 import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred
+
+from tests.e2e import FmqProcess, HeldBackend
 
 
 @pytest.fixture(autouse=True)
@@ -12,3 +18,40 @@ def _run_in_tmp(tmp_path, monkeypatch):
     paths never write into the checkout.
     """
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def make_fmq(tmp_path: Path):
+    """
+    Start fmq processes; every one is stopped at the end, even on failure.
+    """
+    started: list[FmqProcess] = []
+
+    async def make(*args: str, **sections) -> FmqProcess:
+        fmq = FmqProcess(tmp_path, **sections)
+        started.append(fmq)
+        await fmq.start(*args)
+        return fmq
+
+    yield make
+    for fmq in started:
+        pytest_twisted.blockon(Deferred.fromCoroutine(fmq.stop()))
+        assert "Traceback" not in fmq.log_text(), fmq.log_text()
+
+
+@pytest.fixture
+def backends():
+    """
+    Start stand-in backends; every one is stopped at the end.
+    """
+    running: list[HeldBackend] = []
+
+    def make(directory: Path, **kwargs) -> HeldBackend:
+        backend = HeldBackend(directory, **kwargs)
+        running.append(backend)
+        backend.start()
+        return backend
+
+    yield make
+    for backend in running:
+        backend.stop()

@@ -6,6 +6,7 @@ backend that plays on its directory from the test's reactor.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -16,14 +17,16 @@ from pathlib import Path
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool
 
 from fmq.backend import Behaviour, DirectoryBackend
+from fmq.brokers.layout import LOCK_NAME
 
 #: seconds any one thing may take before an end-to-end test gives up
 PATIENCE = 60.0
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -50,6 +53,15 @@ async def eventually(check: Callable[[], object], what: str, patience: float = P
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {patience}s waiting for {what}")
         await sleep(0.02)
+
+
+async def answers(deferreds) -> list[tuple[int, bytes]]:
+    """
+    The status and body of each response, in order.
+    """
+    responses = await gatherResults(deferreds)
+    bodies = await gatherResults([r.content() for r in responses])
+    return [(r.code, body) for r, body in zip(responses, bodies, strict=True)]
 
 
 class FmqProcess:
@@ -82,7 +94,13 @@ class FmqProcess:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    async def start(self, *args: str) -> None:
+    def spawn(self, *args: str) -> subprocess.Popen[bytes]:
+        """
+        Start C{twistd -n fmq} on this tree's code (the installed plugin
+        imports C{fmq.tap} from C{PYTHONPATH} first).
+        """
+        if self.process is not None:
+            self.process.wait(timeout=PATIENCE)  # a previous run, ended
         twistd = Path(sys.executable).with_name("twistd")
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
@@ -90,8 +108,25 @@ class FmqProcess:
                 cwd=self.tmp,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env=dict(os.environ, PYTHONPATH=str(ROOT)),
             )
+        return self.process
+
+    async def start(self, *args: str) -> None:
+        """
+        Start fmq and wait until it answers C{/health}.
+        """
+        self.spawn(*args)
         await eventually(self._healthy, "fmq to answer /health")
+
+    async def exited(self) -> int:
+        """
+        Wait for the process to end by itself and return its status.
+        """
+        assert self.process is not None
+        process = self.process
+        await eventually(lambda: process.poll() is not None, "fmq to exit")
+        return process.returncode
 
     async def _healthy(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
@@ -106,6 +141,14 @@ class FmqProcess:
         response = await treq.get(f"http://127.0.0.1:{self.admin_port}/health", pool=self.pool)
         return json.loads(await response.content())
 
+    async def health_status(self) -> bool:
+        """
+        Whether C{/health} says 200.
+        """
+        response = await treq.get(f"http://127.0.0.1:{self.admin_port}/health", pool=self.pool)
+        await response.content()
+        return response.code == 200
+
     async def waiting(self, count: int) -> None:
         """
         Wait until C{count} callers wait in fmq.
@@ -118,6 +161,12 @@ class FmqProcess:
 
     def get(self, path: str) -> Deferred:
         return treq.get(self.url(path), pool=self.pool)
+
+    def files(self) -> list[str]:
+        """
+        The names in the broker directory, but for the lock file.
+        """
+        return sorted(n for n in os.listdir(self.directory) if n != LOCK_NAME)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")

@@ -5,56 +5,9 @@ and real HTTP callers.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, gatherResults
 
-from tests.e2e import FmqProcess, HeldBackend, eventually
-
-
-@pytest.fixture
-def make_fmq(tmp_path: Path):
-    """
-    Start fmq processes; every one is stopped at the end, even on failure.
-    """
-    started: list[FmqProcess] = []
-
-    async def make(*args: str, **sections) -> FmqProcess:
-        fmq = FmqProcess(tmp_path, **sections)
-        started.append(fmq)
-        await fmq.start(*args)
-        return fmq
-
-    yield make
-    for fmq in started:
-        pytest_twisted.blockon(Deferred.fromCoroutine(fmq.stop()))
-        assert "Traceback" not in fmq.log_text(), fmq.log_text()
-
-
-@pytest.fixture
-def backends():
-    """
-    Start stand-in backends; every one is stopped at the end.
-    """
-    running: list[HeldBackend] = []
-
-    def make(directory: Path, **kwargs) -> HeldBackend:
-        backend = HeldBackend(directory, **kwargs)
-        running.append(backend)
-        backend.start()
-        return backend
-
-    yield make
-    for backend in running:
-        backend.stop()
-
-
-async def answers(deferreds) -> list[tuple[int, bytes]]:
-    responses = await gatherResults(deferreds)
-    bodies = await gatherResults([r.content() for r in responses])
-    return [(r.code, body) for r, body in zip(responses, bodies, strict=True)]
+from tests.e2e import answers, eventually
 
 
 @pytest_twisted.ensureDeferred
@@ -74,7 +27,7 @@ async def test_burst_collapses_to_one_request(make_fmq, backends) -> None:
         results = await answers(calls)
         assert results == [(200, b"batch %d of GET /burst?x=1" % batch)] * size
         await eventually(lambda: backend.requests() == [], "the request file to go")
-    await eventually(lambda: list(fmq.directory.iterdir()) == [], "the directory to be empty")
+    await eventually(lambda: fmq.files() == [], "the directory to be empty")
     assert backend.counts["answered"] == 2
 
 
@@ -90,7 +43,7 @@ async def test_naive_every_caller_its_own_round_trip(make_fmq, backends) -> None
     results = await answers([fmq.get("/same") for _ in range(20)])
     assert sorted(results) == sorted((200, b"answer %d" % n) for n in range(1, 21))
     assert backend.counts["answered"] == 20
-    await eventually(lambda: list(fmq.directory.iterdir()) == [], "the directory to be empty")
+    await eventually(lambda: fmq.files() == [], "the directory to be empty")
 
 
 @pytest_twisted.ensureDeferred
@@ -136,5 +89,5 @@ async def test_malformed_answer_is_502(make_fmq, backends) -> None:
     fmq = await make_fmq()
     backends(fmq.directory, malformed=1.0).release()
     assert [code for code, _ in await answers([fmq.get("/bad")])] == [502]
-    await eventually(lambda: list(fmq.directory.iterdir()) == [], "the directory to be empty")
+    await eventually(lambda: fmq.files() == [], "the directory to be empty")
     assert "malformed response" in fmq.log_text()

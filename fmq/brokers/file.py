@@ -122,13 +122,15 @@ class FileBroker(Service):
 
     # -- the service
 
-    def startService(self) -> None:
+    def privilegedStartService(self) -> None:
         """
         Take the directory: create it if missing, lock it, adopt what an
-        earlier run left; then scan it and watch that it stays usable.
+        earlier run left. twistd calls this before the listeners bind, so a
+        second instance stops before it takes a port.
 
         @raise LockHeld: another process works in this directory.
         """
+        Service.privilegedStartService(self)
         try:
             self._fs.ensure_directory(self.directory)
         except OSError as e:
@@ -138,6 +140,19 @@ class FileBroker(Service):
                 error=e.strerror,
             )
         self._watch(starting=True)
+        self._taken = True
+
+    _taken = False
+
+    def startService(self) -> None:
+        """
+        Take the directory if L{privilegedStartService} did not, then scan it
+        and watch that it stays usable.
+
+        @raise LockHeld: another process works in this directory.
+        """
+        if not self._taken:
+            self.privilegedStartService()
         Service.startService(self)
         for call, interval in [
             (self._scan, self._poll_interval),
@@ -177,6 +192,7 @@ class FileBroker(Service):
         for pending in everyone:
             self._fail(pending, ShuttingDown())
         self._lock.release()
+        self._taken = False
 
     # -- IBroker
 
