@@ -48,6 +48,7 @@ class BrokerSettings:
     poll_interval: float
     request_ttl: float
     settle_time: float
+    check_interval: float
     delete_retry_max: float
 
 

@@ -24,6 +24,7 @@ def file_broker(settings: Settings, reactor: Any) -> IBroker:
         request_ttl=broker.request_ttl,
         settle_time=broker.settle_time,
         delete_retry_max=broker.delete_retry_max,
+        check_interval=broker.check_interval,
     )
 
 

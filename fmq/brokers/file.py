@@ -119,6 +119,8 @@ class FileBroker(Service):
         self._loops: list[LoopingCall] = []
         self.available = False
         self.delete_retries = 0
+        self._taken = False  # directory created, locked and swept
+        self._lost_logged = False
 
     # -- the service
 
@@ -141,8 +143,6 @@ class FileBroker(Service):
             )
         self._watch(starting=True)
         self._taken = True
-
-    _taken = False
 
     def startService(self) -> None:
         """
@@ -309,8 +309,6 @@ class FileBroker(Service):
                 self._fail(pending, BrokerUnavailable())
             else:
                 self._cancel_expiry(pending)
-
-    _lost_logged = False
 
     def _forget_all(self) -> list[_Pending]:
         everyone = list(self._sent.values())
