@@ -1,5 +1,5 @@
 """
-The operator's listener: C{/health} (and, later, C{/metrics}).
+The operator's listener: C{/health} and C{/metrics}.
 """
 
 from __future__ import annotations
@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 
 from klein import Klein
+from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 
 from fmq.dispatch import Dispatcher
 from fmq.interfaces import IBroker
+from fmq.metrics import Metrics
 
 
 class Admin:
@@ -22,8 +24,14 @@ class Admin:
     app = Klein()
 
     def __init__(
-        self, broker: IBroker, broker_type: str, dispatcher: Dispatcher, clock: IReactorTime
+        self,
+        broker: IBroker,
+        broker_type: str,
+        dispatcher: Dispatcher,
+        clock: IReactorTime,
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._broker = broker
         self._broker_type = broker_type
         self._dispatcher = dispatcher
@@ -56,3 +64,11 @@ class Admin:
         request.setResponseCode(200 if state["status"] == "ok" else 503)
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(state).encode() + b"\n"
+
+    @app.route("/metrics", methods=["GET"])
+    def render_metrics(self, request: IRequest) -> bytes:
+        """
+        The metrics in the Prometheus text format.
+        """
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return self._metrics.render()

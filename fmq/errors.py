@@ -9,10 +9,12 @@ class BrokerRequestFailed(Exception):
 
     @cvar status: the HTTP status the caller gets.
     @cvar reason: a short phrase for the caller's body and the operator's log.
+    @cvar kind: its label in the metrics (C{fmq_errors_total{kind=...}}).
     """
 
     status = 500
     reason = "internal error"
+    kind = "internal"
 
 
 class MalformedResponse(BrokerRequestFailed):
@@ -22,6 +24,7 @@ class MalformedResponse(BrokerRequestFailed):
 
     status = 502
     reason = "malformed response from the backend"
+    kind = "malformed"
 
 
 class BrokerUnavailable(BrokerRequestFailed):
@@ -31,6 +34,7 @@ class BrokerUnavailable(BrokerRequestFailed):
 
     status = 503
     reason = "broker unavailable"
+    kind = "unavailable"
 
 
 class ShuttingDown(BrokerRequestFailed):
@@ -40,6 +44,7 @@ class ShuttingDown(BrokerRequestFailed):
 
     status = 503
     reason = "service shutting down"
+    kind = "shutting_down"
 
 
 class Overloaded(BrokerRequestFailed):
@@ -49,6 +54,7 @@ class Overloaded(BrokerRequestFailed):
 
     status = 503
     reason = "service overloaded"
+    kind = "overloaded"
 
 
 class RequestExpired(BrokerRequestFailed):
@@ -58,6 +64,7 @@ class RequestExpired(BrokerRequestFailed):
 
     status = 504
     reason = "no answer from the backend within the request TTL"
+    kind = "expired"
 
 
 class Withdrawn(BrokerRequestFailed):
@@ -67,6 +74,7 @@ class Withdrawn(BrokerRequestFailed):
 
     status = 504
     reason = "request withdrawn"
+    kind = "withdrawn"
 
 
 class CallerTimeout(BrokerRequestFailed):
@@ -76,3 +84,14 @@ class CallerTimeout(BrokerRequestFailed):
 
     status = 504
     reason = "no answer from the backend within the request timeout"
+    kind = "timeout"
+
+
+class OverCapacity(BrokerRequestFailed):
+    """
+    C{max_waiting} callers already wait; this one is turned away to protect memory.
+    """
+
+    status = 503
+    reason = "too many callers waiting"
+    kind = "over_capacity"

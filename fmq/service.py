@@ -13,8 +13,9 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.protocols.policies import WrappingFactory
+from twisted.python.components import Componentized
 
 from fmq.brokers.lock import LockHeld
 from fmq.dispatch import Dispatcher
@@ -26,7 +27,19 @@ class FmqService(MultiService):
     """
     fmq's root service. Expected start failures (the directory is locked by
     another instance, a port is taken) end the start with one line.
+
+    @param log_observer: set on the application twistd puts it in, where
+        twistd looks for the observer of its log (see L{fmq.logs}).
     """
+
+    def __init__(self, log_observer: ILogObserver | None = None) -> None:
+        MultiService.__init__(self)
+        self._log_observer = log_observer
+
+    def setServiceParent(self, parent: Any) -> None:
+        MultiService.setServiceParent(self, parent)
+        if self._log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self._log_observer)
 
     def privilegedStartService(self) -> None:
         with _one_line_start_errors():

@@ -34,6 +34,7 @@ class HttpSettings:
     port: int
     request_timeout: float
     backlog: int
+    max_waiting: int
     access_log: bool
 
 
@@ -60,6 +61,16 @@ class ServiceSettings:
 
     mode: str
     collapse_key: str
+
+
+@attrs.frozen
+class LoggingSettings:
+    """
+    What the log shows, and how.
+    """
+
+    level: str
+    format: str
 
 
 @attrs.frozen
@@ -91,9 +102,22 @@ class Settings:
     http: HttpSettings
     broker: BrokerSettings
     service: ServiceSettings
+    logging: LoggingSettings
     admin: AdminSettings
     amqp: AmqpSettings
     source: str = "defaults"
+
+    def summary(self) -> str:
+        """
+        Every effective setting on one line, for the start-up log.
+        """
+        parts = []
+        for section in _SECTIONS:
+            if section == "amqp" and self.broker.type != "amqp":
+                continue
+            values = attrs.asdict(getattr(self, section), recurse=False)
+            parts.append(f"[{section}] " + " ".join(f"{k}={v}" for k, v in values.items()))
+        return " ".join(parts)
 
 
 @implementer(ISettingsSource)
@@ -148,6 +172,7 @@ _SECTIONS = {
     "http": HttpSettings,
     "broker": BrokerSettings,
     "service": ServiceSettings,
+    "logging": LoggingSettings,
     "admin": AdminSettings,
     "amqp": AmqpSettings,
 }

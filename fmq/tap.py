@@ -16,10 +16,13 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.python import usage
 from twisted.web.server import Site
 
+from fmq import __version__
 from fmq.admin import Admin
 from fmq.brokers.factory import make_broker
 from fmq.dispatch import Dispatcher
 from fmq.keys import load_collapse_key
+from fmq.logs import make_observer
+from fmq.metrics import Metrics
 from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm
 from fmq.settings import IniFile, Settings, SettingsError, load_settings
 from fmq.web import Front, QuietSite
@@ -75,6 +78,10 @@ def raise_open_files_limit() -> tuple[int, int]:
     return soft, hard
 
 
+def _limit(value: int) -> str:
+    return "unlimited" if value == resource.RLIM_INFINITY else str(value)
+
+
 def build_service(settings: Settings, reactor: Any) -> MultiService:
     """
     The service tree: broker, drain, then the HTTP and admin listeners.
@@ -82,7 +89,7 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     Stopping goes in reverse: the listeners stop accepting, the drain answers
     waiting callers 503, then the broker stops and leaves its request files.
     """
-    root = FmqService()
+    root = FmqService(make_observer(settings.logging.level, settings.logging.format))
     broker = make_broker(settings, reactor)
     broker.setServiceParent(root)
     collapse_key = (
@@ -90,7 +97,16 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
         if settings.service.mode == "naive"
         else load_collapse_key(settings.service.collapse_key)
     )
-    dispatcher = Dispatcher(broker, reactor, settings.http.request_timeout, collapse_key)
+    metrics = Metrics()
+    dispatcher = Dispatcher(
+        broker,
+        reactor,
+        settings.http.request_timeout,
+        collapse_key,
+        max_waiting=settings.http.max_waiting,
+        observer=metrics,
+    )
+    metrics.watch(dispatcher, broker)
 
     site_class = Site if settings.http.access_log else QuietSite
     front = WrappingFactory(site_class(Front(dispatcher).app.resource(), reactor=reactor))
@@ -99,10 +115,9 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
         root, reactor, settings.http.interface, settings.http.port, front, settings.http.backlog
     )
 
-    admin = QuietSite(
-        Admin(broker, settings.broker.type, dispatcher, reactor).app.resource(), reactor=reactor
-    )
-    _listen(root, reactor, settings.admin.interface, settings.admin.port, admin, 50)
+    admin = Admin(broker, settings.broker.type, dispatcher, reactor, metrics)
+    admin_site = QuietSite(admin.app.resource(), reactor=reactor)
+    _listen(root, reactor, settings.admin.interface, settings.admin.port, admin_site, 50)
     return root
 
 
@@ -123,18 +138,16 @@ def makeService(options: Options) -> IService:
 
     settings: Settings = options["settings"]
     before, after = raise_open_files_limit()
-    log.info("open files limit raised from {before} to {after}", before=before, after=after)
     log.info(
-        "fmq starting from {source}: http {interface}:{port} ({mode} mode, caller "
-        "timeout {timeout}s), {broker} broker, admin {admin_interface}:{admin_port}",
+        "open files limit raised from {before} to {after}",
+        before=_limit(before),
+        after=_limit(after),
+    )
+    log.info(
+        "fmq {version} starting from {source}: {settings}",
+        version=__version__,
         source=settings.source,
-        interface=settings.http.interface,
-        port=settings.http.port,
-        mode=settings.service.mode,
-        timeout=settings.http.request_timeout,
-        broker=settings.broker.type,
-        admin_interface=settings.admin.interface,
-        admin_port=settings.admin.port,
+        settings=settings.summary(),
     )
     try:
         root = build_service(settings, reactor)

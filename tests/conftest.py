@@ -27,8 +27,8 @@ def make_fmq(tmp_path: Path):
     """
     started: list[FmqProcess] = []
 
-    async def make(*args: str, **sections) -> FmqProcess:
-        fmq = FmqProcess(tmp_path, **sections)
+    async def make(*args: str, shell: str = "", **sections) -> FmqProcess:
+        fmq = FmqProcess(tmp_path, shell, **sections)
         started.append(fmq)
         await fmq.start(*args)
         return fmq

@@ -69,7 +69,11 @@ class FmqProcess:
     C{twistd -n fmq} in a subprocess, on free ports and a temporary directory.
     """
 
-    def __init__(self, tmp: Path, **sections: dict[str, object]) -> None:
+    def __init__(self, tmp: Path, shell: str = "", **sections: dict[str, object]) -> None:
+        """
+        @param shell: a shell command run before fmq, e.g. C{ulimit -Sn 1024}.
+        """
+        self.shell = shell
         self.tmp = tmp
         self.directory = tmp / "broker"
         self.port, self.admin_port = free_port(), free_port()
@@ -102,9 +106,12 @@ class FmqProcess:
         if self.process is not None:
             self.process.wait(timeout=PATIENCE)  # a previous run, ended
         twistd = Path(sys.executable).with_name("twistd")
+        command = [str(twistd), "-n", "--pidfile=", "fmq", "--config", str(self.ini), *args]
+        if self.shell:
+            command = ["bash", "-c", f'{self.shell} && exec "$@"', "fmq", *command]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [str(twistd), "-n", "--pidfile=", "fmq", "--config", str(self.ini), *args],
+                command,
                 cwd=self.tmp,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -7,6 +7,7 @@ SIGTERM.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -121,7 +122,7 @@ async def test_undeletable_files(make_fmq, backends, tmp_path) -> None:
     reason = can_chattr(tmp_path)
     if reason:
         pytest.skip(reason)
-    fmq = await make_fmq(broker={"delete_retry_max": 0.5})
+    fmq = await make_fmq(broker={"delete_retry_max": 0.5}, logging={"level": "debug"})
     backend = backends(fmq.directory, body="fresh")
     first = fmq.get("/locked")
     await fmq.waiting(1)
@@ -194,3 +195,20 @@ async def test_sigterm_with_callers_waiting(make_fmq, backends) -> None:
     assert (await fmq.health())["broker"]["in_flight"] == 2
     backend.release()
     assert await answers([fmq.get("/t1")]) == [(200, b"after restart")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_raises_open_files_limit(make_fmq) -> None:
+    """
+    Started from a shell with C{ulimit -Sn 1024}, fmq raises its soft limit of
+    open files to the hard limit and logs both.
+    """
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip(f"the hard limit here is {hard}: nothing to raise")
+    fmq = await make_fmq(shell="ulimit -Sn 1024")
+    expected = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+    assert f"open files limit raised from 1024 to {expected}" in fmq.log_text()
+    with open(f"/proc/{fmq.process.pid}/limits") as limits:
+        [line] = [line for line in limits if line.startswith("Max open files")]
+    assert line.split()[3] == expected

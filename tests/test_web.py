@@ -130,3 +130,16 @@ class FrontTests(SynchronousTestCase):
         self.broker.available = False
         response = self.assertRefused(self.treq.get("http://fmq.test/x"), 503, b"unavailable")
         self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"1"])
+
+    def test_over_capacity_is_503(self) -> None:
+        """
+        A caller beyond max_waiting gets 503 at once, with Retry-After.
+        """
+        dispatcher = Dispatcher(self.broker, self.clock, TIMEOUT, method_and_path, max_waiting=1)
+        self.treq = StubTreq(Front(dispatcher).app.resource())
+        first = self.treq.get("http://fmq.test/a")
+        response = self.assertRefused(self.treq.get("http://fmq.test/b"), 503, b"too many")
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"1"])
+        self.assertNoResult(first)
+        self.answer(b"200\n", 0)
+        self.assertEqual(self.successResultOf(first).code, 200)

@@ -39,6 +39,7 @@ from fmq.errors import (
     Withdrawn,
 )
 from fmq.interfaces import IBroker
+from fmq.logs import debugging
 from fmq.protocol import (
     BrokerRequest,
     BrokerResponse,
@@ -244,7 +245,8 @@ class FileBroker(Service):
                 self._lose(e.strerror or str(e))
             return
         self._sent[request.key] = pending
-        self.log.debug("wrote {key}.req for {request}", key=request.key, request=request.line)
+        if debugging():
+            self.log.debug("wrote {key}.req for {request}", key=request.key, request=request.line)
 
     def _next(self, key: str) -> None:
         """
@@ -478,13 +480,20 @@ class FileBroker(Service):
             )
             pending.deferred.errback(e)
         else:
-            self.log.debug(
-                "answered {key}: {status}, {size} bytes{adopted}",
-                key=request.key,
-                status=response.status,
-                size=len(response.body),
-                adopted=" (adopted, nobody waiting)" if pending.adopted else "",
-            )
+            if pending.adopted:
+                self.log.info(
+                    "answered the adopted {key}.req ({request}): {status}; nobody was waiting",
+                    key=request.key,
+                    request=request.line,
+                    status=response.status,
+                )
+            elif debugging():
+                self.log.debug(
+                    "answered {key}: {status}, {size} bytes",
+                    key=request.key,
+                    status=response.status,
+                    size=len(response.body),
+                )
             pending.deferred.callback(response)
         self._attempt(cleanup)
 
