@@ -14,8 +14,15 @@ setup(
         "configobj>=5.0.9",
         "attrs>=23.1",
         "zope.interface>=6",
+        "prometheus_client>=0.20",
+        "psutil>=5.9",
     ],
-    entry_points={"console_scripts": ["fmq-backend = fmq.backend:main"]},
+    entry_points={
+        "console_scripts": [
+            "fmq-backend = fmq.backend:main",
+            "fmq-loadtest = fmq.loadtest:main",
+        ]
+    },
     extras_require={
         "test": [
             "pytest>=8",
@@ -24,5 +31,6 @@ setup(
             "hypothesis>=6.100",
             "ruff>=0.6",
         ],
+        "bench": ["matplotlib>=3.7"],
     },
 )

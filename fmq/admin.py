@@ -62,13 +62,17 @@ class Admin:
         """
         state = self.health()
         request.setResponseCode(200 if state["status"] == "ok" else 503)
+        body = json.dumps(state).encode() + b"\n"
         request.setHeader(b"content-type", b"application/json")
-        return json.dumps(state).encode() + b"\n"
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body
 
     @app.route("/metrics", methods=["GET"])
     def render_metrics(self, request: IRequest) -> bytes:
         """
         The metrics in the Prometheus text format.
         """
+        body = self._metrics.render()
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return self._metrics.render()
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body

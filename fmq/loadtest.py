@@ -1,0 +1,338 @@
+"""
+C{fmq-loadtest}: load a running fmq with batches of identical requests, check
+every answer, and sample the service's threads and memory as the load grows.
+
+Every request goes to C{/k<key>?r=<round>}: the callers of one key and round
+are identical and should collapse into one broker request. The stand-in
+backend (C{fmq-backend}) answers C{GET <path> #<n>}; an answer whose path is
+not the caller's own is counted as an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import psutil
+
+
+@attrs.frozen
+class Outcome:
+    """
+    One caller's result: HTTP status (0 if the call failed), body, seconds.
+    """
+
+    status: int
+    body: bytes
+    seconds: float
+    error: str = ""
+
+
+async def call(host: str, port: int, target: str, timeout: float) -> Outcome:
+    """
+    One GET over its own connection, read to the end.
+    """
+    started = time.monotonic()
+    writer = None
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = await asyncio.wait_for(reader.read(), timeout)
+    except (TimeoutError, OSError) as e:
+        return Outcome(0, b"", time.monotonic() - started, type(e).__name__)
+    finally:
+        if writer is not None:
+            writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head.lower():
+        body = dechunk(body)
+    try:
+        status = int(head.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        return Outcome(0, data, time.monotonic() - started, "bad response")
+    return Outcome(status, body, time.monotonic() - started)
+
+
+def dechunk(data: bytes) -> bytes:
+    """
+    The body of a chunked HTTP/1.1 response.
+    """
+    body = []
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        body.append(rest[:size])
+        data = rest[size + 2 :]
+    return b"".join(body)
+
+
+async def metrics_of(host: str, port: int) -> dict[str, float]:
+    """
+    fmq's own metrics, C{name{labels} -> value}, from its admin port.
+    """
+    outcome = await call(host, port, "/metrics", 10.0)
+    values = {}
+    for line in outcome.body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+class Sampler:
+    """
+    Samples a process's threads, resident memory and open files.
+    """
+
+    def __init__(self, pid: int | None) -> None:
+        self.process = psutil.Process(pid) if pid else None
+        self.samples: list[dict[str, float]] = []
+
+    def sample(self, label: str = "") -> dict[str, float]:
+        if self.process is None:
+            return {}
+        with self.process.oneshot():
+            sample = {
+                "t": time.time(),
+                "threads": self.process.num_threads(),
+                "rss_mb": self.process.memory_info().rss / 2**20,
+                "fds": self.process.num_fds(),
+            }
+        if label:
+            sample["label"] = label  # type: ignore[assignment]
+        self.samples.append(sample)
+        return sample
+
+    async def run(self, every: float = 0.25) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(every)
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def check(target: str, outcome: Outcome) -> str:
+    """
+    What is wrong with C{outcome} as the answer to C{target}, or C{""}.
+    """
+    if outcome.status != 200:
+        return outcome.error or f"status {outcome.status}"
+    if not outcome.body.startswith(f"GET {target} ".encode()):
+        return "another key's answer"
+    return ""
+
+
+async def step(
+    args: argparse.Namespace, sampler: Sampler, concurrency: int, rounds: list[int]
+) -> dict[str, Any]:
+    """
+    Send C{keys x batch} callers per round, C{concurrency} at a time, for each
+    round in C{rounds}; return the step's figures.
+    """
+    host, port = args.host, args.port
+    before = await metrics_of(host, args.admin_port) if args.admin_port else {}
+    gate = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    peak = {"threads": 0.0, "rss_mb": 0.0, "fds": 0.0}
+
+    async def one(target: str) -> None:
+        async with gate:
+            outcome = await call(host, port, target, args.timeout)
+        latencies.append(outcome.seconds)
+        problem = check(target, outcome)
+        if problem:
+            errors[problem] = errors.get(problem, 0) + 1
+
+    started = time.monotonic()
+    watcher = asyncio.ensure_future(_watch(sampler, peak))
+    for r in rounds:
+        targets = [f"/k{k}?r={r}" for k in range(args.keys) for _ in range(args.batch)]
+        await asyncio.gather(*(one(t) for t in targets))
+    wall = time.monotonic() - started
+    watcher.cancel()
+    after = await metrics_of(host, args.admin_port) if args.admin_port else {}
+    last = sampler.sample()
+    written = after.get("fmq_broker_requests_total", 0) - before.get("fmq_broker_requests_total", 0)
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "seconds": round(wall, 3),
+        "req_per_s": round(len(latencies) / wall, 1) if wall else 0.0,
+        "p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else 0.0,
+        "p99_ms": round(percentile(latencies, 99) * 1000, 1),
+        "max_ms": round(max(latencies, default=0) * 1000, 1),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "broker_requests": int(written),
+        "batches": args.keys * len(rounds),
+        "threads_max": peak["threads"],
+        "rss_mb_max": round(peak["rss_mb"], 1),
+        "rss_mb_after": round(last.get("rss_mb", 0.0), 1),
+        "fds_max": peak["fds"],
+    }
+
+
+async def _watch(sampler: Sampler, peak: dict[str, float]) -> None:
+    while True:
+        sample = sampler.sample()
+        for key in peak:
+            peak[key] = max(peak[key], sample.get(key, 0.0))
+        await asyncio.sleep(0.2)
+
+
+async def hold(args: argparse.Namespace, sampler: Sampler) -> dict[str, Any]:
+    """
+    Keep C{--hold} callers waiting at once on C{--keys} keys, sample the
+    service at idle, at the peak, and after the answers.
+    """
+    idle = sampler.sample("idle")
+    targets = [f"/k{n % args.keys}?hold=1" for n in range(args.hold)]
+    tasks = [asyncio.ensure_future(call(args.host, args.port, t, args.timeout)) for t in targets]
+    peak: dict[str, Any] = {}
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        metrics = await metrics_of(args.host, args.admin_port)
+        waiting = metrics.get("fmq_callers_waiting", 0)
+        if waiting >= args.hold:
+            peak = sampler.sample("peak")
+            peak["waiting"] = waiting
+            break
+        await asyncio.sleep(0.2)
+    outcomes = await asyncio.gather(*tasks)
+    await asyncio.sleep(1.0)
+    after = sampler.sample("after")
+    problems = [check(t, o) for t, o in zip(targets, outcomes, strict=True)]
+    return {
+        "callers": args.hold,
+        "keys": args.keys,
+        "idle": idle,
+        "peak": peak,
+        "after": after,
+        "errors": sum(1 for p in problems if p),
+        "kb_per_waiting_caller": round(
+            (peak.get("rss_mb", 0) - idle.get("rss_mb", 0)) * 1024 / args.hold, 2
+        )
+        if peak
+        else None,
+    }
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    columns = [
+        "concurrency", "requests", "req_per_s", "p50_ms", "p99_ms", "max_ms", "errors",
+        "broker_requests", "batches", "threads_max", "rss_mb_max", "rss_mb_after",
+    ]  # fmt: skip
+    print(" ".join(f"{c:>15}" for c in columns))
+    for row in rows:
+        print(" ".join(f"{row[c]!s:>15}" for c in columns))
+
+
+def chart(rows: list[dict[str, Any]], samples: list[dict[str, float]], path: Path) -> None:
+    """
+    A PNG of threads, RSS and latency against load, if matplotlib is there.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart", file=sys.stderr)
+        return
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7))
+    if samples:
+        t0 = samples[0]["t"]
+        times = [s["t"] - t0 for s in samples]
+        top.plot(times, [s["rss_mb"] for s in samples], label="RSS (MB)")
+        top.plot(times, [s["threads"] for s in samples], label="threads")
+        top.set_xlabel("seconds")
+        top.legend()
+    loads = [r["concurrency"] for r in rows]
+    bottom.plot(loads, [r["p50_ms"] for r in rows], marker="o", label="p50 ms")
+    bottom.plot(loads, [r["p99_ms"] for r in rows], marker="o", label="p99 ms")
+    bottom.set_xscale("log")
+    bottom.set_xlabel("callers at once")
+    bottom.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def raise_own_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="fmq-loadtest", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--admin-port", type=int, default=8081, help="0: no metrics")
+    parser.add_argument("--pid", type=int, help="fmq's pid, to sample threads and memory")
+    parser.add_argument("--keys", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=100, help="identical callers per key")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--steps",
+        default="100,500,2000,10000",
+        help="callers at once, one step each (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--hold",
+        type=int,
+        default=0,
+        help="instead: keep this many callers waiting at once, then report",
+    )
+    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--report", type=Path, default=Path("loadtest.json"))
+    parser.add_argument("--chart", type=Path, default=Path("loadtest.png"))
+    return parser.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> int:
+    raise_own_limit()
+    sampler = Sampler(args.pid)
+    if args.hold:
+        result = await hold(args, sampler)
+        print(json.dumps(result, indent=2))
+        args.report.write_text(json.dumps(result, indent=2))
+        return 1 if result["errors"] or not result["peak"] else 0
+    steps = [int(s) for s in args.steps.split(",")]
+    rows = []
+    for n, concurrency in enumerate(steps):
+        rounds = list(range(n * args.rounds, (n + 1) * args.rounds))
+        rows.append(await step(args, sampler, concurrency, rounds))
+        print_table(rows[-1:] if n else rows)
+    print()
+    print_table(rows)
+    args.report.write_text(json.dumps({"steps": rows, "samples": sampler.samples}, indent=2))
+    chart(rows, sampler.samples, args.chart)
+    print(f"report: {args.report}  chart: {args.chart}")
+    return 1 if any(r["errors"] for r in rows) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    C{fmq-loadtest}.
+    """
+    return asyncio.run(run(parse(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
