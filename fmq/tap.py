@@ -14,7 +14,6 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import Logger
 from twisted.protocols.policies import WrappingFactory
 from twisted.python import usage
-from twisted.web.server import Site
 
 from fmq import __version__
 from fmq.admin import Admin
@@ -25,7 +24,7 @@ from fmq.logs import make_observer
 from fmq.metrics import Metrics
 from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm
 from fmq.settings import IniFile, Settings, SettingsError, load_settings
-from fmq.web import Front, QuietSite
+from fmq.web import AccessLogSite, Front, QuietSite
 
 log = Logger(namespace="fmq")
 
@@ -108,8 +107,13 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     )
     metrics.watch(dispatcher, broker)
 
-    site_class = Site if settings.http.access_log else QuietSite
-    front = WrappingFactory(site_class(Front(dispatcher).app.resource(), reactor=reactor))
+    resource = Front(dispatcher).app.resource()
+    site = (
+        AccessLogSite(resource, reactor)
+        if settings.http.access_log
+        else QuietSite(resource, reactor=reactor)
+    )
+    front = WrappingFactory(site)
     Drain(dispatcher, front, reactor).setServiceParent(root)
     _listen(
         root, reactor, settings.http.interface, settings.http.port, front, settings.http.backlog

@@ -4,14 +4,18 @@ Tests for L{fmq.web} through the Klein app, with L{StubTreq}.
 
 from __future__ import annotations
 
+import io
+
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.test.requesthelper import DummyRequest
 
 from fmq.dispatch import Dispatcher
 from fmq.keys import method_and_path
 from fmq.testing import MemoryBroker
-from fmq.web import Front
+from fmq.web import AccessLogSite, Front
 
 TIMEOUT = 60.0
 
@@ -143,3 +147,34 @@ class FrontTests(SynchronousTestCase):
         self.assertNoResult(first)
         self.answer(b"200\n", 0)
         self.assertEqual(self.successResultOf(first).code, 200)
+
+
+class AccessLogTests(SynchronousTestCase):
+    """
+    The access log collects lines and writes them together.
+    """
+
+    def test_lines_written_together(self) -> None:
+        """
+        Each answered request makes one line; lines reach the output at the
+        next flush, and at stop.
+        """
+        clock = Clock()
+        clock.advance(1795838400)
+        out = io.BytesIO()
+        site = AccessLogSite(Resource(), clock, out, flush_every=0.2)
+        site.startFactory()
+        for target, code in [(b"/a?x=1", 200), (b"/b", 504)]:
+            request = DummyRequest([b""])
+            request.method, request.uri, request.clientproto = b"GET", target, b"HTTP/1.1"
+            request.code, request.sentLength = code, 17
+            site.log(request)
+        self.assertEqual(out.getvalue(), b"")
+        clock.advance(0.2)
+        lines = out.getvalue().splitlines()
+        self.assertEqual(len(lines), 2)
+        self.assertTrue(lines[0].endswith(b'[fmq.access] - "GET /a?x=1 HTTP/1.1" 200 17'))
+        self.assertIn(b'"GET /b HTTP/1.1" 504 17', lines[1])
+        site.log(request)
+        site.stopFactory()
+        self.assertEqual(len(out.getvalue().splitlines()), 3)
