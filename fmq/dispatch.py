@@ -55,13 +55,15 @@ class _Group:
     """
     The callers waiting for one broker request.
 
-    @ivar callers: each caller's Deferred, with its timeout (whose time, less
-        the request timeout, is when the caller came).
+    @ivar callers: each caller's Deferred and when it came, in order of coming.
+    @ivar timer: when the first caller still waiting times out; one timer per
+        group, not per caller, keeps a burst's cost down.
     """
 
     request: BrokerRequest
     started: float
-    callers: dict[Deferred[BrokerResponse], IDelayedCall] = attrs.field(factory=dict)
+    callers: dict[Deferred[BrokerResponse], float] = attrs.field(factory=dict)
+    timer: IDelayedCall | None = None
 
 
 class Dispatcher:
@@ -159,9 +161,10 @@ class Dispatcher:
 
     def _join(self, key: Hashable, group: _Group) -> Deferred[BrokerResponse]:
         deferred: Deferred[BrokerResponse] = Deferred(lambda d: self._leave(key, group, d))
-        group.callers[deferred] = self._clock.callLater(
-            self._timeout, self._time_out, key, group, deferred
-        )
+        now = self._clock.seconds()
+        group.callers[deferred] = now
+        if group.timer is None:
+            group.timer = self._clock.callLater(self._timeout, self._time_out, key, group)
         self.callers_waiting += 1
         return deferred
 
@@ -169,27 +172,49 @@ class Dispatcher:
         """
         Remove one caller (it timed out or went away); the group goes on.
         """
-        timeout = group.callers.pop(deferred, None)
-        if timeout is None:
+        if group.callers.pop(deferred, None) is None:
             return
         self.callers_waiting -= 1
-        if timeout.active():
-            timeout.cancel()
-        if self._collapse_key is None and not group.callers:
-            self._broker.withdraw(group.request)
+        if not group.callers:
+            self._stop_timer(group)
+            if self._collapse_key is None:
+                self._broker.withdraw(group.request)
 
-    def _time_out(self, key: Hashable, group: _Group, deferred: Deferred[BrokerResponse]) -> None:
-        self.caller_timeouts += 1
-        self.errors[CallerTimeout.kind] += 1
-        self.log.info(
-            "caller timed out after {timeout}s waiting for {key}; {others} others still wait",
-            timeout=self._timeout,
-            key=group.request.key,
-            others=len(group.callers) - 1,
-        )
-        self._leave(key, group, deferred)
-        self._observer.caller_answered(self._timeout)
-        deferred.errback(CallerTimeout())
+    def _stop_timer(self, group: _Group) -> None:
+        if group.timer is not None:
+            if group.timer.active():
+                group.timer.cancel()
+            group.timer = None
+
+    def _time_out(self, key: Hashable, group: _Group) -> None:
+        """
+        Answer 504 to the callers of C{group} who have waited C{request_timeout},
+        then wait for the next one's turn.
+        """
+        group.timer = None
+        now = self._clock.seconds()
+        expired = []
+        for deferred, came in group.callers.items():
+            if came + self._timeout > now:
+                break
+            expired.append(deferred)
+        for deferred in expired:
+            self.caller_timeouts += 1
+            self.errors[CallerTimeout.kind] += 1
+            self.log.info(
+                "caller timed out after {timeout}s waiting for {key}; {others} others still wait",
+                timeout=self._timeout,
+                key=group.request.key,
+                others=len(group.callers) - 1,
+            )
+            self._leave(key, group, deferred)
+            self._observer.caller_answered(self._timeout)
+            deferred.errback(CallerTimeout())
+        if group.callers and group.timer is None:
+            first = next(iter(group.callers.values()))
+            group.timer = self._clock.callLater(
+                max(0.0, first + self._timeout - now), self._time_out, key, group
+            )
 
     def _finish(self, result: BrokerResponse | Failure, key: Hashable, group: _Group) -> None:
         """
@@ -216,14 +241,14 @@ class Dispatcher:
         """
         Give C{result} to every caller of C{group}.
         """
+        self._stop_timer(group)
         callers, group.callers = group.callers, {}
         self.callers_waiting -= len(callers)
         if isinstance(result, Failure) and callers:
             self.errors[getattr(result.value, "kind", "internal")] += len(callers)
         now = self._clock.seconds()
-        for deferred, timeout in callers.items():
-            self._observer.caller_answered(now - (timeout.getTime() - self._timeout))
-            timeout.cancel()
+        for deferred, came in callers.items():
+            self._observer.caller_answered(now - came)
             if isinstance(result, Failure):
                 deferred.errback(result)
             else:

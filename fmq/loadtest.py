@@ -2,8 +2,10 @@
 C{fmq-loadtest}: load a running fmq with batches of identical requests, check
 every answer, and sample the service's threads and memory as the load grows.
 
-Every request goes to C{/k<key>?r=<round>}: the callers of one key and round
-are identical and should collapse into one broker request. The stand-in
+It sends keys x batch x rounds requests (20,000 by default), the rounds shared
+among the steps of callers at once. Every request goes to C{/k<key>?r=<round>}:
+the callers of one key and round are identical and should collapse into one
+broker request. The stand-in
 backend (C{fmq-backend}) answers C{GET <path> #<n>}; an answer whose path is
 not the caller's own is counted as an error.
 """
@@ -287,7 +289,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pid", type=int, help="fmq's pid, to sample threads and memory")
     parser.add_argument("--keys", type=int, default=50)
     parser.add_argument("--batch", type=int, default=100, help="identical callers per key")
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="rounds in all, shared among the steps (default: %(default)s)",
+    )
     parser.add_argument(
         "--steps",
         default="100,500,2000,10000",
@@ -314,9 +321,10 @@ async def run(args: argparse.Namespace) -> int:
         args.report.write_text(json.dumps(result, indent=2))
         return 1 if result["errors"] or not result["peak"] else 0
     steps = [int(s) for s in args.steps.split(",")]
+    per_step = max(1, args.rounds // len(steps))
     rows = []
     for n, concurrency in enumerate(steps):
-        rounds = list(range(n * args.rounds, (n + 1) * args.rounds))
+        rounds = list(range(n * per_step, (n + 1) * per_step))
         rows.append(await step(args, sampler, concurrency, rounds))
         print_table(rows[-1:] if n else rows)
     print()

@@ -5,7 +5,7 @@ The service tree's root: start failures as one line, and a graceful stop.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,8 +14,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import ILogObserver, Logger
-from twisted.protocols.policies import WrappingFactory
 from twisted.python.components import Componentized
+from twisted.web.server import Site
 
 from fmq.brokers.lock import LockHeld
 from fmq.dispatch import Dispatcher
@@ -62,6 +62,22 @@ def _one_line_start_errors() -> Iterator[None]:
         ) from None
 
 
+def site_connections(reactor: Any, site: Site) -> Callable[[], list[Any]]:
+    """
+    The transports of the callers connected to C{site}, found among the
+    reactor's readers when asked: nothing is tracked per connection.
+    """
+
+    def connections() -> list[Any]:
+        return [
+            reader
+            for reader in reactor.getReaders()
+            if getattr(getattr(reader, "protocol", None), "factory", None) is site
+        ]
+
+    return connections
+
+
 class Drain(Service):
     """
     At stop, answer waiting callers 503 and close the callers' connections once
@@ -69,12 +85,14 @@ class Drain(Service):
 
     Put it after the broker and before the HTTP listener in the tree: stopping
     goes in reverse, so the listener stops accepting first.
+
+    @param connections: the transports of the callers' connections, now.
     """
 
     def __init__(
         self,
         dispatcher: Dispatcher,
-        connections: WrappingFactory,
+        connections: Callable[[], list[Any]],
         clock: IReactorTime,
         patience: float = 5.0,
     ) -> None:
@@ -87,9 +105,9 @@ class Drain(Service):
         Service.stopService(self)
         waiting = self._dispatcher.callers_waiting
         self._dispatcher.close()
-        open_connections = list(self._connections.protocols)
-        for protocol in open_connections:
-            protocol.transport.loseConnection()
+        open_connections = self._connections()
+        for transport in open_connections:
+            transport.loseConnection()
         log.info(
             "stopping: answered {waiting} waiting callers 503, closing {connections} connections",
             waiting=waiting,
@@ -99,7 +117,7 @@ class Drain(Service):
         deadline = self._clock.seconds() + self._patience
 
         def check() -> None:
-            if not self._connections.protocols or self._clock.seconds() >= deadline:
+            if not self._connections() or self._clock.seconds() >= deadline:
                 done.callback(None)
             else:
                 self._clock.callLater(0.02, check)

@@ -12,7 +12,6 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
 from twisted.python import usage
 
 from fmq import __version__
@@ -22,7 +21,7 @@ from fmq.dispatch import Dispatcher
 from fmq.keys import load_collapse_key
 from fmq.logs import make_observer
 from fmq.metrics import Metrics
-from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm
+from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm, site_connections
 from fmq.settings import IniFile, Settings, SettingsError, load_settings
 from fmq.web import AccessLogSite, Front, QuietSite
 
@@ -113,11 +112,8 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
         if settings.http.access_log
         else QuietSite(resource, reactor=reactor)
     )
-    front = WrappingFactory(site)
-    Drain(dispatcher, front, reactor).setServiceParent(root)
-    _listen(
-        root, reactor, settings.http.interface, settings.http.port, front, settings.http.backlog
-    )
+    Drain(dispatcher, site_connections(reactor, site), reactor).setServiceParent(root)
+    _listen(root, reactor, settings.http.interface, settings.http.port, site, settings.http.backlog)
 
     admin = Admin(broker, settings.broker.type, dispatcher, reactor, metrics)
     admin_site = QuietSite(admin.app.resource(), reactor=reactor)

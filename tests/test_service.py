@@ -11,7 +11,6 @@ from twisted.application.service import Service
 from twisted.internet.error import CannotListenError
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.protocols.policies import WrappingFactory
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -20,7 +19,7 @@ from fmq.brokers.lock import LockHeld
 from fmq.dispatch import Dispatcher
 from fmq.errors import ShuttingDown
 from fmq.keys import CallerRequest, method_and_path
-from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm
+from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm, site_connections
 from fmq.testing import MemoryBroker
 
 
@@ -88,14 +87,19 @@ class DrainTests(SynchronousTestCase):
         self.broker = MemoryBroker(self.clock)
         self.broker.startService()
         self.dispatcher = Dispatcher(self.broker, self.clock, 60.0, method_and_path)
-        self.connections = WrappingFactory(Site(Resource()))
-        self.drain = Drain(self.dispatcher, self.connections, self.clock, patience=5.0)
+        self.site = Site(Resource())
+        self.readers: list[StringTransport] = []
+        self.reactor = FakeReactor(self.readers)
+        self.drain = Drain(
+            self.dispatcher, site_connections(self.reactor, self.site), self.clock, patience=5.0
+        )
         self.drain.startService()
 
-    def connect(self) -> StringTransport:
-        protocol = self.connections.buildProtocol(None)
+    def connect(self, site: Site | None = None) -> StringTransport:
         transport = StringTransport()
-        protocol.makeConnection(transport)
+        transport.protocol = (site or self.site).buildProtocol(None)
+        transport.protocol.makeConnection(transport)
+        self.readers.append(transport)
         return transport
 
     def test_waiting_callers_get_shutting_down(self) -> None:
@@ -112,14 +116,15 @@ class DrainTests(SynchronousTestCase):
 
     def test_waits_for_connections_to_close(self) -> None:
         """
-        The stop waits until every connection has closed after its writes.
+        The stop closes the callers' connections, not others, and waits until
+        they have closed after their writes.
         """
         transports = [self.connect() for _ in range(2)]
+        other = self.connect(Site(Resource()))
         stopped = self.drain.stopService()
-        self.assertTrue(all(t.disconnecting for t in transports))
+        self.assertEqual([t.disconnecting for t in transports + [other]], [True, True, False])
         self.assertNoResult(stopped)
-        for protocol in list(self.connections.protocols):
-            protocol.connectionLost(None)
+        self.readers[:] = [other]
         self.clock.advance(0.02)
         self.successResultOf(stopped)
 
@@ -136,8 +141,12 @@ class DrainTests(SynchronousTestCase):
 
 
 class FakeReactor:
-    def __init__(self) -> None:
+    def __init__(self, readers: list | None = None) -> None:
         self.stopped = 0
+        self.readers = readers if readers is not None else []
+
+    def getReaders(self) -> list:
+        return list(self.readers)
 
     def callFromThread(self, f, *args) -> None:
         f(*args)

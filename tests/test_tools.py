@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 
 import pytest_twisted
@@ -45,47 +46,54 @@ def test_percentile() -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_loadtest_against_fmq(make_fmq, backends, tmp_path) -> None:
+async def test_loadtest_against_fmq(make_fmq, tmp_path) -> None:
     """
-    The load test runs its steps against a real fmq, checks every answer,
-    counts the broker requests and samples the service, and exits 0.
+    A smoke run: the load test runs its steps against a real fmq and the
+    stand-in backend process, checks every answer, counts the broker
+    requests, samples the service, and exits 0.
     """
     fmq = await make_fmq()
-    backends(fmq.directory).release()
-    report = tmp_path / "report.json"
-    out, err, code = await getProcessOutputAndValue(
-        sys.executable,
-        [
-            "-m",
-            "fmq.loadtest",
-            "--port",
-            str(fmq.port),
-            "--admin-port",
-            str(fmq.admin_port),
-            "--pid",
-            str(fmq.process.pid),
-            "--keys",
-            "3",
-            "--batch",
-            "5",
-            "--rounds",
-            "2",
-            "--steps",
-            "5,15",
-            "--report",
-            str(report),
-            "--chart",
-            str(tmp_path / "c.png"),
-        ],  # fmt: skip
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        path=str(tmp_path),
-        reactor=reactor,
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    backend = subprocess.Popen(
+        [sys.executable, "-m", "fmq.backend", "--dir", str(fmq.directory), "--delay", "0.01-0.05"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+    try:
+        out, err, code = await run_loadtest(fmq, tmp_path, env)
+    finally:
+        backend.terminate()
+        backend.wait(timeout=30)
     assert code == 0, out.decode() + err.decode()
-    steps = json.loads(report.read_text())["steps"]
+    steps = json.loads((tmp_path / "report.json").read_text())["steps"]
     assert [s["requests"] for s in steps] == [30, 30]
     assert [s["errors"] for s in steps] == [0, 0]
     for s in steps:
         assert 1 <= s["broker_requests"] <= 2 * s["batches"]
         assert s["threads_max"] >= 1 and s["rss_mb_max"] > 10
     assert b"req_per_s" in out
+
+
+async def run_loadtest(fmq, tmp_path, env):
+    """
+    Run C{fmq-loadtest} against C{fmq}: 3 keys x 5 callers x 4 rounds, in two steps.
+    """
+    arguments = {
+        "--port": fmq.port,
+        "--admin-port": fmq.admin_port,
+        "--pid": fmq.process.pid,
+        "--keys": 3,
+        "--batch": 5,
+        "--rounds": 4,
+        "--steps": "5,15",
+        "--report": tmp_path / "report.json",
+        "--chart": tmp_path / "c.png",
+    }
+    return await getProcessOutputAndValue(
+        sys.executable,
+        ["-m", "fmq.loadtest"] + [str(x) for pair in arguments.items() for x in pair],
+        env=env,
+        path=str(tmp_path),
+        reactor=reactor,
+    )
