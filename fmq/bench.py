@@ -4,8 +4,9 @@ temporary directories, measure them side by side, and print the tables that
 C{docs/BENCHMARKS.md} records.
 
 1. Throughput against the ceiling: C{wrk} with 500 connections on 10 hot keys,
-   against fmq (collapse mode, backend answering in about 5 ms) and against a
-   bare Klein app (L{fmq.ceiling}); medians of alternating runs, and the ratio.
+   against fmq (collapse mode, backend answering in about 5 ms), a bare Klein
+   app (L{fmq.ceiling}), and the same app holding its answers 30 ms; medians
+   of alternating runs, the ratios, and each one's CPU per request.
 2. Naive against collapse on the same burst (20 keys x 50 identical callers).
 3. A burst of 20,000 (50 keys x 100 x 4 rounds, 2,000 at a time), five times
    in a row: every answer checked, broker requests per batch, threads, RSS
@@ -30,6 +31,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from fmq.loadtest import Sampler, raise_own_limit, step
 
@@ -97,9 +100,12 @@ class Stack:
              "--poll", "0.002"],
         )  # fmt: skip
 
-    def ceiling(self) -> int:
+    def ceiling(self, defer: float = 0.0) -> int:
         port = free_port()
-        process = self.spawn("ceiling", [sys.executable, "-m", "fmq.ceiling", "--port", str(port)])
+        process = self.spawn(
+            "ceiling",
+            [sys.executable, "-m", "fmq.ceiling", "--port", str(port), "--defer", str(defer)],
+        )
         wait_for_port(port, process)
         return port
 
@@ -138,10 +144,15 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], patience: float =
     raise SystemExit(f"bench: nothing listens on {port} after {patience}s")
 
 
-def wrk(port: int, seconds: int, connections: int, keys: int, workdir: Path) -> float:
+def wrk(
+    port: int, seconds: int, connections: int, keys: int, workdir: Path, pid: int | None = None
+) -> tuple[float, float]:
     """
-    Requests per second that C{wrk} got from C{port}.
+    Requests per second that C{wrk} got from C{port}, and the CPU time the
+    process C{pid} spent per request, in microseconds.
     """
+    process = psutil.Process(pid) if pid else None
+    cpu_before = sum(process.cpu_times()[:2]) if process else 0.0
     script = workdir / "hot.lua"
     script.write_text(WRK_SCRIPT % {"keys": keys})
     out = subprocess.run(
@@ -152,36 +163,52 @@ def wrk(port: int, seconds: int, connections: int, keys: int, workdir: Path) -> 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         print(f"  wrk saw {errors.group(1)} non-2xx answers", file=sys.stderr)
-    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    if not match:
+    cpu = sum(process.cpu_times()[:2]) - cpu_before if process else 0.0
+    rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    count = re.search(r"(\d+) requests in", out)
+    if not rate or not count:
         raise SystemExit(f"bench: cannot read wrk's output:\n{out}")
-    return float(match.group(1))
+    return float(rate.group(1)), round(cpu / max(1, int(count.group(1))) * 1e6, 1)
 
 
 def ceiling_ratio(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """
     fmq (collapse) against the bare Klein app, alternating, medians.
     """
-    fmq_rates, klein_rates = [], []
+    runs: dict[str, list[tuple[float, float]]] = {"fmq": [], "klein": [], "held": []}
     with stack(root) as s:
         directory = s.workdir / "broker"
-        port, _, _ = s.fmq("collapse", directory)
+        port, _, pid = s.fmq("collapse", directory)
         s.backend(directory, 0.005)
-        klein = s.ceiling()
-        wrk(port, 2, args.connections, args.hot_keys, s.workdir)  # warm-up
-        wrk(klein, 2, args.connections, args.hot_keys, s.workdir)
+        targets = {"fmq": (port, pid)}
+        for name, defer in [("klein", 0.0), ("held", 0.03)]:
+            targets[name] = (s.ceiling(defer), s.processes[-1].pid)
+        for p, _ in targets.values():
+            wrk(p, 2, args.connections, args.hot_keys, s.workdir)  # warm-up
         for _ in range(args.repeats):
-            fmq_rates.append(wrk(port, args.seconds, args.connections, args.hot_keys, s.workdir))
-            klein_rates.append(wrk(klein, args.seconds, args.connections, args.hot_keys, s.workdir))
-            print(f"  fmq {fmq_rates[-1]:.0f} req/s, bare Klein {klein_rates[-1]:.0f} req/s")
-    fmq_median, klein_median = statistics.median(fmq_rates), statistics.median(klein_rates)
-    return {
-        "fmq_req_per_s": fmq_rates,
-        "klein_req_per_s": klein_rates,
-        "fmq_median": fmq_median,
-        "klein_median": klein_median,
-        "ratio": round(fmq_median / klein_median, 3),
-    }
+            for name, (p, process) in targets.items():
+                runs[name].append(
+                    wrk(p, args.seconds, args.connections, args.hot_keys, s.workdir, process)
+                )
+            print(
+                "  "
+                + ", ".join(
+                    f"{name} {rate:.0f} req/s ({cpu} µs CPU/request)"
+                    for name, [*_, (rate, cpu)] in runs.items()
+                )
+            )
+    result: dict[str, Any] = {}
+    for name in runs:
+        result[f"{name}_req_per_s"] = [r for r, _ in runs[name]]
+        result[f"{name}_cpu_us"] = [c for _, c in runs[name]]
+        result[f"{name}_median"] = statistics.median(result[f"{name}_req_per_s"])
+        result[f"{name}_cpu_us_median"] = statistics.median(result[f"{name}_cpu_us"])
+    for name in ("klein", "held"):
+        result[f"ratio_{name}"] = round(result["fmq_median"] / result[f"{name}_median"], 3)
+        result[f"cpu_ratio_{name}"] = round(
+            result[f"{name}_cpu_us_median"] / result["fmq_cpu_us_median"], 3
+        )
+    return result
 
 
 def burst_args(port: int, admin: int, keys: int, batch: int) -> argparse.Namespace:
@@ -247,13 +274,24 @@ def markdown(results: dict[str, Any]) -> str:
     c = results.get("ceiling")
     if c:
         lines += [
-            "| | runs (req/s) | median |",
-            "| --- | --- | --- |",
-            f"| fmq, collapse | {', '.join(f'{r:.0f}' for r in c['fmq_req_per_s'])} "
-            f"| {c['fmq_median']:.0f} |",
-            f"| bare Klein | {', '.join(f'{r:.0f}' for r in c['klein_req_per_s'])} "
-            f"| {c['klein_median']:.0f} |",
-            f"| **ratio** | | **{c['ratio']}** |",
+            "| | req/s, each run | median req/s | CPU µs per request, each run | median |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for name, label in [
+            ("fmq", "fmq, collapse"),
+            ("klein", "bare Klein (the ceiling)"),
+            ("held", "bare Klein holding answers 30 ms"),
+        ]:
+            lines.append(
+                f"| {label} | {', '.join(f'{r:.0f}' for r in c[f'{name}_req_per_s'])} "
+                f"| {c[f'{name}_median']:.0f} | {', '.join(str(u) for u in c[f'{name}_cpu_us'])} "
+                f"| {c[f'{name}_cpu_us_median']} |"
+            )
+        lines += [
+            f"| **fmq / bare Klein** | | **{c['ratio_klein']}** | | **{c['cpu_ratio_klein']}** |",
+            f"| fmq / Klein holding answers | | {c['ratio_held']} | | {c['cpu_ratio_held']} |",
+            "",
+            "(CPU ratios: the other's CPU per request divided by fmq's.)",
             "",
         ]
     n = results.get("naive_vs_collapse")
@@ -296,8 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         help="run only these parts (default: all)",
     )
-    parser.add_argument("--seconds", type=int, default=10, help="each wrk run")
-    parser.add_argument("--repeats", type=int, default=3, help="wrk runs of each")
+    parser.add_argument("--seconds", type=int, default=8, help="each wrk run")
+    parser.add_argument("--repeats", type=int, default=5, help="wrk runs of each, alternating")
     parser.add_argument("--connections", type=int, default=500)
     parser.add_argument("--hot-keys", type=int, default=10)
     parser.add_argument("--bursts", type=int, default=5)
@@ -335,8 +373,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def machine() -> dict[str, Any]:
     import platform
-
-    import psutil
 
     return {
         "cpus": os.cpu_count(),
