@@ -46,6 +46,7 @@ class BrokerSettings:
 
     type: str
     directory: Path
+    watch: str
     poll_interval: float
     request_ttl: float
     settle_time: float

@@ -5,6 +5,8 @@ and real HTTP callers.
 
 from __future__ import annotations
 
+import time
+
 import pytest_twisted
 
 from tests.e2e import answers, eventually
@@ -92,3 +94,17 @@ async def test_malformed_answer_is_502(make_fmq, backends) -> None:
     assert [code for code, _ in await answers([fmq.get("/bad")])] == [502]
     await eventually(lambda: fmq.files() == [], "the directory to be empty")
     assert "malformed response" in fmq.log_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_answer_seen_without_waiting_for_a_scan(make_fmq, backends) -> None:
+    """
+    With the scan 30 s away, answers still come within seconds: fmq is told
+    of them (inotify, the default where it exists) and does not poll for them.
+    """
+    fmq = await make_fmq(broker={"poll_interval": 30})
+    backends(fmq.directory, body="told").release()
+    started = time.monotonic()
+    for n in range(3):
+        assert await answers([fmq.get(f"/told{n}")]) == [(200, b"told")]
+    assert time.monotonic() - started < 20  # polling alone would take 30 s or more

@@ -399,7 +399,8 @@ class FileBrokerTests(SynchronousTestCase):
         self.fs.read_response = lambda path: reads.append(path) or original(path)
         self.backend.deliver()
         self.assertEqual(reads, [])
-        self.broker.submit(BrokerRequest.of(b"GET", b"/x"))
+        self.broker.submit(BrokerRequest.of(b"GET", b"/x")).addErrback(lambda f: None)
+        reads.clear()  # the look right after writing
         self.backend.deliver()
         self.assertEqual(len(reads), 1)
 
@@ -547,3 +548,157 @@ class LeftoverTests(SynchronousTestCase):
         """
         self.start().stopService()
         self.start()
+
+
+class FakeWatcher:
+    """
+    A watcher the test fires by hand.
+    """
+
+    def __init__(self, directory: Path, on_file, fail: bool = False) -> None:
+        self.directory = directory
+        self.on_file = on_file
+        self.fail = fail
+        self.started = self.stopped = False
+
+    def start(self) -> None:
+        if self.fail:
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+        self.started = True
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class WatchTests(SynchronousTestCase):
+    """
+    Being told of a file at once, with the scan as a safety net.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.directory = Path(self.mktemp())
+        self.fs = FaultyFileSystem()
+        self.watchers: list[FakeWatcher] = []
+        self.fail_watch = False
+        self.broker = file_broker(
+            self.directory, self.clock, fs=self.fs, poll_interval=60.0, watcher=self.make
+        )
+        self.broker.startService()
+        self.addCleanup(lambda: self.broker.running and self.broker.stopService())
+        self.backend = FileBackend(self.directory, self.clock)
+        self.reads: list[str] = []
+        original = self.fs.read_response
+        self.fs.read_response = lambda path: self.reads.append(path.name) or original(path)
+
+    def make(self, directory: Path, on_file) -> FakeWatcher:
+        watcher = FakeWatcher(directory, on_file, self.fail_watch)
+        self.watchers.append(watcher)
+        return watcher
+
+    def test_event_delivers_at_once(self) -> None:
+        """
+        An event for an awaited answer delivers it without waiting for a scan.
+        """
+        [watcher] = self.watchers
+        self.assertTrue(watcher.started)
+        request = BrokerRequest.of(b"GET", b"/x")
+        answer = self.broker.submit(request)
+        self.backend.answer(request, b"200\nnow")
+        watcher.on_file(f"{request.key}.resp")
+        self.assertEqual(self.successResultOf(answer).body, b"now")
+
+    def test_unrelated_events_read_nothing(self) -> None:
+        """
+        Events for files nobody waits for, or that are not answers, read nothing.
+        """
+        [watcher] = self.watchers
+        request = BrokerRequest.of(b"GET", b"/x")
+        self.broker.submit(request).addErrback(lambda f: None)
+        self.reads.clear()
+        for name in ["0" * 32 + ".resp", f"{request.key}.req", ".tmp-x", "notes.txt"]:
+            watcher.on_file(name)
+        self.assertEqual(self.reads, [])
+
+    def test_event_skips_settling(self) -> None:
+        """
+        Where fmq cannot take a lease, a file an event reports complete is read
+        at once; one found by the scan alone still waits to settle.
+        """
+        self.fs.closed = None
+        [watcher] = self.watchers
+        request = BrokerRequest.of(b"GET", b"/x")
+        answer = self.broker.submit(request)
+        self.backend.answer(request, b"200\nclosed")
+        self.clock.advance(60)  # the scan finds it, and waits
+        self.assertNoResult(answer)
+        watcher.on_file(f"{request.key}.resp")
+        self.assertEqual(self.successResultOf(answer).body, b"closed")
+
+    def test_missed_event_caught_by_scan(self) -> None:
+        """
+        An event lost (an inotify queue overflow) costs one scan interval, no more.
+        """
+        request = BrokerRequest.of(b"GET", b"/x")
+        answer = self.broker.submit(request)
+        self.backend.answer(request, b"200\nlate")
+        self.clock.advance(59)
+        self.assertNoResult(answer)
+        self.clock.advance(1)
+        self.assertEqual(self.successResultOf(answer).body, b"late")
+
+    def test_answer_there_before_any_event(self) -> None:
+        """
+        Right after writing a request, fmq looks once for its answer.
+        """
+        request = BrokerRequest.of(b"GET", b"/fast")
+        original = self.fs.write_atomic
+
+        def write_and_answer(path: Path, data: bytes) -> int:
+            mtime = original(path, data)
+            if path.name.endswith(".req"):
+                self.backend.answer(request, b"200\ninstant")
+            return mtime
+
+        self.fs.write_atomic = write_and_answer
+        self.assertEqual(self.successResultOf(self.broker.submit(request)).body, b"instant")
+
+    def test_rearmed_when_directory_returns(self) -> None:
+        """
+        When the directory is removed and comes back, the old watcher is
+        stopped and a new one watches the new directory.
+        """
+        [old] = self.watchers
+        shutil.rmtree(self.directory)
+        self.clock.advance(CHECK)
+        os.mkdir(self.directory)
+        self.clock.advance(CHECK)
+        self.assertTrue(old.stopped)
+        [_, new] = self.watchers
+        self.assertTrue(new.started)
+        request = BrokerRequest.of(b"GET", b"/x")
+        answer = self.broker.submit(request)
+        self.backend.answer(request, b"200\nagain")
+        new.on_file(f"{request.key}.resp")
+        self.assertEqual(self.successResultOf(answer).body, b"again")
+
+    def test_watch_failure_falls_back_to_scan(self) -> None:
+        """
+        A watcher that cannot start is logged; the scan still delivers.
+        """
+        self.broker.stopService()
+        self.fail_watch = True
+        self.broker = file_broker(self.directory, self.clock, poll_interval=1.0, watcher=self.make)
+        self.broker.startService()
+        request = BrokerRequest.of(b"GET", b"/x")
+        answer = self.broker.submit(request)
+        self.backend.answer(request, b"200\nscanned")
+        self.clock.advance(1)
+        self.assertEqual(self.successResultOf(answer).body, b"scanned")
+
+    def test_stop_stops_watcher(self) -> None:
+        """
+        Stopping the broker stops its watcher.
+        """
+        self.broker.stopService()
+        self.assertTrue(self.watchers[0].stopped)

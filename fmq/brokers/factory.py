@@ -8,6 +8,7 @@ from typing import Any
 
 from fmq._importing import import_dotted
 from fmq.brokers.file import FileBroker
+from fmq.brokers.watch import inotify_available, inotify_watcher
 from fmq.interfaces import IBroker
 from fmq.settings import Settings
 
@@ -17,6 +18,12 @@ def file_broker(settings: Settings, reactor: Any) -> IBroker:
     The directory broker of C{[broker]}.
     """
     broker = settings.broker
+    watcher = None
+    if broker.watch != "poll":
+        if inotify_available():
+            watcher = inotify_watcher(reactor)
+        elif broker.watch == "inotify":
+            raise ValueError("[broker] watch: inotify is not available here")
     return FileBroker(
         broker.directory,
         reactor,
@@ -25,6 +32,7 @@ def file_broker(settings: Settings, reactor: Any) -> IBroker:
         settle_time=broker.settle_time,
         delete_retry_max=broker.delete_retry_max,
         check_interval=broker.check_interval,
+        watcher=watcher,
     )
 
 

@@ -21,6 +21,7 @@ from zope.interface import implementer
 
 from fmq.brokers.fs import OVERLOAD_ERRNOS, FileSystem, ResponseFile
 from fmq.brokers.layout import (
+    RESPONSE,
     request_name,
     response_name,
     retry_delay,
@@ -29,6 +30,7 @@ from fmq.brokers.layout import (
     ttl_left,
 )
 from fmq.brokers.lock import DirectoryLock, LockHeld
+from fmq.brokers.watch import Watcher, WatcherFactory
 from fmq.errors import (
     BrokerRequestFailed,
     BrokerUnavailable,
@@ -102,7 +104,12 @@ class FileBroker(Service):
         delete_retry_max: float,
         check_interval: float = 0.5,
         fs: FileSystem | None = None,
+        watcher: WatcherFactory | None = None,
     ) -> None:
+        """
+        @param watcher: makes the watcher that tells of files as they arrive;
+            C{None} to rely on the scan alone.
+        """
         self.directory = Path(directory)
         self._clock = clock
         self._poll_interval = poll_interval
@@ -118,6 +125,8 @@ class FileBroker(Service):
         # identity (inode, mtime) of answers already delivered but not yet deleted
         self._spent: dict[str, tuple[int, int]] = {}
         self._loops: list[LoopingCall] = []
+        self._make_watcher = watcher
+        self._watcher: Watcher | None = None
         self.available = False
         self.delete_retries = 0
         self._taken = False  # directory created, locked and swept
@@ -192,6 +201,7 @@ class FileBroker(Service):
             )
         for pending in everyone:
             self._fail(pending, ShuttingDown())
+        self._disarm()
         self._lock.release()
         self._taken = False
 
@@ -247,6 +257,7 @@ class FileBroker(Service):
         self._sent[request.key] = pending
         if debugging():
             self.log.debug("wrote {key}.req for {request}", key=request.key, request=request.line)
+        self._check_safely(pending)  # a backend may answer before any event reaches us
 
     def _next(self, key: str) -> None:
         """
@@ -273,6 +284,7 @@ class FileBroker(Service):
             if not self._lock.holds(directory):
                 if self.available:
                     self._lose("the directory was replaced")
+                self._disarm()
                 try:
                     self._lock.acquire()
                 except LockHeld as e:
@@ -286,6 +298,7 @@ class FileBroker(Service):
         if error is not None:
             self._lose(error.strerror or str(error))
         elif not self.available:
+            self._arm()
             self.available = True
             if not starting:
                 self.log.info(
@@ -430,21 +443,69 @@ class FileBroker(Service):
 
     # -- scanning
 
+    def _arm(self) -> None:
+        """
+        Watch the directory (again), if a watcher is configured.
+        """
+        self._disarm()
+        if self._make_watcher is None:
+            return
+        watcher = self._make_watcher(self.directory, self._notified)
+        try:
+            watcher.start()
+        except OSError as e:
+            self.log.warn(
+                "cannot watch {directory} ({error}); relying on the scan",
+                directory=str(self.directory),
+                error=e.strerror or str(e),
+            )
+            return
+        self._watcher = watcher
+
+    def _disarm(self) -> None:
+        if self._watcher is not None:
+            watcher, self._watcher = self._watcher, None
+            watcher.stop()
+
+    def _notified(self, name: str) -> None:
+        """
+        A file was renamed into, or closed in, the directory: if it is an
+        answer fmq waits for, it is complete and read at once.
+        """
+        if name.endswith(RESPONSE):
+            pending = self._sent.get(name[: -len(RESPONSE)])
+            if pending is not None:
+                self._check_safely(pending, complete=True)
+
     def _scan(self) -> None:
         for pending in list(self._sent.values()):
-            try:
-                self._check(pending)
-            except OSError as e:
-                self.log.warn(
-                    "cannot read {key}.resp: {error}",
-                    key=pending.request.key,
-                    error=e.strerror or str(e),
-                )
-            except Exception:
-                self.log.failure("unexpected error reading {key}.resp", key=pending.request.key)
+            self._check_safely(pending)
 
-    def _check(self, pending: _Pending) -> None:
+    def _check_safely(self, pending: _Pending, complete: bool = False) -> None:
+        """
+        L{_check}, with errors logged: one bad file never stops the others.
+        """
+        try:
+            self._check(pending, complete)
+        except OSError as e:
+            self.log.warn(
+                "cannot read {key}.resp: {error}",
+                key=pending.request.key,
+                error=e.strerror or str(e),
+            )
+        except Exception:
+            self.log.failure("unexpected error reading {key}.resp", key=pending.request.key)
+
+    def _check(self, pending: _Pending, complete: bool = False) -> None:
+        """
+        Deliver the answer to C{pending} if it is there and complete.
+
+        @param complete: the file is known to be complete (an event said it
+            was renamed into place or closed), so there is no settling to wait.
+        """
         key = pending.request.key
+        if self._sent.get(key) is not pending:
+            return
         try:
             found = self._fs.read_response(self.directory / response_name(key))
         except FileNotFoundError:
@@ -453,7 +514,7 @@ class FileBroker(Service):
             return  # still being written, or a late answer to an older request
         if self._spent.get(key) == (found.inode, found.mtime_ns):
             return  # delivered before, not deleted yet
-        if found.closed is None:
+        if found.closed is None and not complete:
             identity = (found.inode, found.size, found.mtime_ns)
             now = self._clock.seconds()
             if not settled(pending.seen, identity, pending.seen_at, now, self._settle_time):
