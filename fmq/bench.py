@@ -11,6 +11,10 @@ C{docs/BENCHMARKS.md} records.
 3. A burst of 20,000 (50 keys x 100 x 4 rounds, 2,000 at a time), five times
    in a row: every answer checked, broker requests per batch, threads, RSS
    after each burst against RSS after a warm-up.
+4. Added latency from the backend's rename to the caller's answer, polling
+   against inotify, one request at a time.
+5. One scan's cost with 100 requests in flight, with and without 20,000
+   unrelated files in the directory.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import socket
@@ -266,6 +271,95 @@ def bursts(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return {"rss_mb_after_warmup": round(warm, 1), "bursts": rows}
 
 
+async def _added_latency(port: int, directory: Path, count: int, jitter: float) -> list[float]:
+    """
+    Seconds from the backend's rename of each answer to the caller's answer,
+    one request at a time, the bench playing the backend.
+    """
+    from fmq.loadtest import call
+    from fmq.protocol import broker_key
+
+    added = []
+    for n in range(count):
+        target = f"/latency{n}"
+        request = directory / f"{broker_key(b'GET', target.encode())}.req"
+        caller = asyncio.ensure_future(call("127.0.0.1", port, target, 30.0))
+        while not request.exists():
+            await asyncio.sleep(0.0005)
+        if jitter:  # a backend's answer comes at any moment, not in step with fmq's scans
+            await asyncio.sleep(random.uniform(0, jitter))
+        temp = directory / f".bench-{n}"
+        temp.write_bytes(b"200\nfast")
+        renamed = time.monotonic()
+        os.rename(temp, request.with_suffix(".resp"))
+        outcome = await caller
+        if outcome.status != 200:
+            raise SystemExit(f"bench: latency probe got {outcome.status} {outcome.error}")
+        added.append(time.monotonic() - renamed)
+    return added
+
+
+def latency(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """
+    Added latency, poll against inotify, with the service otherwise idle.
+    """
+    results = {}
+    for name, broker, jitter in [
+        ("poll, poll_interval 0.05, answer 0–60 ms after the request",
+         {"watch": "poll", "poll_interval": 0.05}, 0.06),
+        ("inotify, poll_interval 0.05, answer 0–60 ms after the request",
+         {"watch": "inotify", "poll_interval": 0.05}, 0.06),
+        ("inotify, poll_interval 0.05, answer at once",
+         {"watch": "inotify", "poll_interval": 0.05}, 0.0),
+        ("inotify, poll_interval 2, answer at once",
+         {"watch": "inotify", "poll_interval": 2}, 0.0),
+    ]:  # fmt: skip
+        with stack(root) as s:
+            directory = s.workdir / "broker"
+            port, _, _ = s.fmq("collapse", directory, broker=broker)
+            added = asyncio.run(_added_latency(port, directory, args.probes, jitter))
+        ms = sorted(a * 1000 for a in added)
+        results[name] = {
+            "p50_ms": round(statistics.median(ms), 2),
+            "p99_ms": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 2),
+            "max_ms": round(ms[-1], 2),
+        }
+        print(f"  {name}: {results[name]}")
+    return results
+
+
+def scan_cost(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """
+    One scan's cost with 100 requests in flight, with and without 20,000
+    unrelated files in the directory.
+    """
+    from twisted.internet.task import Clock
+
+    from fmq.brokers.file import FileBroker
+    from fmq.protocol import BrokerRequest
+
+    results = {}
+    for unrelated in (0, 20_000):
+        directory = Path(tempfile.mkdtemp(dir=root))
+        for n in range(unrelated):
+            (directory / f"unrelated-{n}.dat").write_bytes(b"x")
+        broker = FileBroker(directory, Clock(), poll_interval=1, request_ttl=300,
+                            settle_time=0.2, delete_retry_max=1)  # fmt: skip
+        broker.startService()
+        for n in range(100):
+            broker.submit(BrokerRequest.of(b"GET", b"/inflight%d" % n)).addErrback(lambda f: None)
+        started = time.perf_counter()
+        for _ in range(100):
+            broker._scan()
+        results[f"{unrelated} unrelated files"] = round(
+            (time.perf_counter() - started) / 100 * 1000, 3
+        )
+        broker.stopService()
+        shutil.rmtree(directory)
+    print(f"  one scan with 100 requests in flight, ms: {results}")
+    return results
+
+
 def markdown(results: dict[str, Any]) -> str:
     """
     The tables of C{docs/BENCHMARKS.md}.
@@ -306,6 +400,21 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {n['broker_request_ratio']} | | | | |",
             "",
         ]
+    lat = results.get("latency")
+    if lat:
+        lines += [
+            "| added latency, backend's rename to caller's answer | p50 ms | p99 ms | max ms |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {name} | {r['p50_ms']} | {r['p99_ms']} | {r['max_ms']} |" for name, r in lat.items()
+        ]
+        lines.append("")
+    sc = results.get("scan_cost")
+    if sc:
+        lines += ["| one scan, 100 requests in flight | ms |", "| --- | --- |"]
+        lines += [f"| {name} | {ms} |" for name, ms in sc.items()]
+        lines.append("")
     b = results.get("bursts")
     if b:
         keys = ["requests", "seconds", "req_per_s", "p50_ms", "p99_ms", "errors",
@@ -330,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=["ceiling", "naive", "bursts"],
+        choices=["ceiling", "naive", "bursts", "latency", "scan"],
         action="append",
         help="run only these parts (default: all)",
     )
@@ -339,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=500)
     parser.add_argument("--hot-keys", type=int, default=10)
     parser.add_argument("--bursts", type=int, default=5)
+    parser.add_argument("--probes", type=int, default=200, help="latency probes of each")
     parser.add_argument(
         "--dir",
         type=Path,
@@ -350,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None and (not args.only or "ceiling" in args.only):
         raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
     raise_own_limit()
-    parts = args.only or ["ceiling", "naive", "bursts"]
+    parts = args.only or ["ceiling", "naive", "bursts", "latency", "scan"]
     root = Path(tempfile.mkdtemp(prefix="fmq-bench-", dir=args.dir))
     results: dict[str, Any] = {"machine": machine()}
     try:
@@ -363,6 +473,12 @@ def main(argv: list[str] | None = None) -> int:
         if "bursts" in parts:
             print("bursts of 20,000")
             results["bursts"] = bursts(args, root)
+        if "latency" in parts:
+            print("added latency: poll against inotify")
+            results["latency"] = latency(args, root)
+        if "scan" in parts:
+            print("scan cost")
+            results["scan_cost"] = scan_cost(args, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     args.json.write_text(json.dumps(results, indent=2))
