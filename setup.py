@@ -16,6 +16,7 @@ setup(
         "zope.interface>=6",
         "prometheus_client>=0.20",
         "psutil>=5.9",
+        "pika>=1.3",
     ],
     entry_points={
         "console_scripts": [

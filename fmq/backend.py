@@ -13,8 +13,10 @@ import signal
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -42,6 +44,121 @@ class Behaviour:
     malformed: float = 0.0
     in_place: float = 0.0
     never: float = 0.0
+
+
+def render(
+    behaviour: Behaviour, line: bytes, n: int, rng: random.Random, counts: Counter[str]
+) -> bytes:
+    """
+    The answer to the request C{line}, the C{n}th time it is asked, in the
+    response format, or malformed at the C{malformed} rate.
+    """
+    if rng.random() < behaviour.malformed:
+        counts["malformed"] += 1
+        return b"not a status\n"
+    method, _, path = line.rstrip(b"\n").partition(b" ")
+    body = behaviour.body.format(
+        method=method.decode("utf-8", "replace"), path=path.decode("utf-8", "replace"), n=n
+    )
+    return b"%d\n" % behaviour.status + body.encode()
+
+
+class AmqpBackend:
+    """
+    Plays the backend on RabbitMQ: takes requests from the request queue and
+    replies to each one's C{reply_to} with its C{correlation_id}.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        url: str,
+        queue: str,
+        behaviour: Behaviour,
+        rng: random.Random | None = None,
+        prefetch: int = 200,
+    ) -> None:
+        self._reactor = reactor
+        self._url = url
+        self._queue = queue
+        self._behaviour = behaviour
+        self._rng = rng or random.Random()
+        self._prefetch = prefetch
+        self._answers: Counter[bytes] = Counter()
+        self._protocol: Any = None
+        self._channel: Any = None
+        self.counts: Counter[str] = Counter()
+
+    async def start(self) -> None:
+        """
+        Connect and start taking requests.
+        """
+        import pika
+        from pika.adapters.twisted_connection import TwistedProtocolConnection
+        from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+        parameters = pika.URLParameters(self._url)
+        protocol = TwistedProtocolConnection(parameters)
+        ready = protocol.ready
+        endpoint = TCP4ClientEndpoint(self._reactor, parameters.host, parameters.port, timeout=10)
+        await connectProtocol(endpoint, protocol)
+        await ready
+        self._protocol = protocol
+        channel = await protocol.channel()
+        await channel.queue_declare(queue=self._queue, durable=True)
+        await channel.basic_qos(prefetch_count=self._prefetch)
+        requests, _ = await channel.basic_consume(queue=self._queue, auto_ack=False)
+        self._channel = channel
+        Deferred.fromCoroutine(self._take(requests))
+
+    async def _take(self, requests: Any) -> None:
+        while True:
+            try:
+                channel, method, properties, body = await requests.get()
+            except Exception:
+                return
+            self.counts["seen"] += 1
+            if self._rng.random() < self._behaviour.never:
+                self.counts["ignored"] += 1
+                channel.basic_ack(delivery_tag=method.delivery_tag)
+                continue
+            low, high = self._behaviour.delay
+            self._reactor.callLater(
+                self._rng.uniform(low, high), self._reply, method, properties, body
+            )
+
+    def _reply(self, method: Any, properties: Any, body: bytes) -> None:
+        import pika
+
+        channel = self._channel
+        if channel is None:
+            return
+        self._answers[body] += 1
+        data = render(self._behaviour, body, self._answers[body], self._rng, self.counts)
+        try:
+            channel.basic_publish(
+                exchange="",
+                routing_key=properties.reply_to,
+                body=data,
+                properties=pika.BasicProperties(correlation_id=properties.correlation_id),
+            )
+            channel.basic_ack(delivery_tag=method.delivery_tag)
+        except Exception as e:
+            log.warn("cannot reply: {error}", error=repr(e))
+            return
+        self.counts["answered"] += 1
+
+    def stop(self) -> None:
+        channel, self._channel = self._channel, None
+        if self._protocol is not None and self._protocol.is_open:
+            self._protocol.close()
+        del channel
+
+    def summary(self) -> str:
+        """
+        The counts as one line.
+        """
+        return " ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "no requests"
 
 
 class DirectoryBackend:
@@ -127,19 +244,9 @@ class DirectoryBackend:
             self.counts["withdrawn"] += 1
             return
         self._state[key] = "answered"
-        method, _, path = line.rstrip(b"\n").partition(b" ")
         self._answers[line] += 1
         behaviour = self._behaviour
-        if self._rng.random() < behaviour.malformed:
-            data = b"not a status\n"
-            self.counts["malformed"] += 1
-        else:
-            body = behaviour.body.format(
-                method=method.decode("utf-8", "replace"),
-                path=path.decode("utf-8", "replace"),
-                n=self._answers[line],
-            )
-            data = b"%d\n" % behaviour.status + body.encode()
+        data = render(behaviour, line, self._answers[line], self._rng, self.counts)
         target = self.directory / f"{key}.resp"
         try:
             if self._rng.random() < behaviour.in_place:
@@ -211,6 +318,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--never", type=float, default=0.0, help="share never answered")
     parser.add_argument("--poll", type=float, default=0.01, help="seconds between scans")
+    parser.add_argument("--broker", choices=["file", "amqp"], default="file")
+    parser.add_argument(
+        "--url",
+        default="amqp://guest:guest@127.0.0.1:5672/%2F",
+        help="with --broker amqp (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--queue",
+        default="fmq.requests",
+        help="with --broker amqp: the request queue (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
 
     from twisted.internet import reactor
@@ -220,9 +338,28 @@ def main(argv: list[str] | None = None) -> int:
     behaviour = Behaviour(
         args.delay, args.status, args.body, args.malformed, args.in_place, args.never
     )
-    args.dir.mkdir(parents=True, exist_ok=True)
-    backend = DirectoryBackend(args.dir, reactor, behaviour, args.poll)
-    backend.start()
+    backend: DirectoryBackend | AmqpBackend
+    if args.broker == "amqp":
+        backend = AmqpBackend(reactor, args.url, args.queue, behaviour)
+
+        def connect() -> None:
+            def failed(failure: Any) -> None:
+                log.error(
+                    "cannot connect to {url}: {error}",
+                    url=args.url,
+                    error=failure.getErrorMessage(),
+                )
+                reactor.stop()
+
+            Deferred.fromCoroutine(backend.start()).addErrback(failed)
+
+        reactor.callWhenRunning(connect)
+        where = f"queue {args.queue} at {args.url}"
+    else:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        backend = DirectoryBackend(args.dir, reactor, behaviour, args.poll)
+        backend.start()
+        where = str(args.dir)
     last: dict[str, int] = {}
 
     def report() -> None:
@@ -235,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     reporter.start(5.0, now=False)
     reactor.addSystemEventTrigger("before", "shutdown", reporter.stop)
     signal.signal(signal.SIGINT, lambda *_: reactor.callFromThread(reactor.stop))
-    log.info("answering requests in {dir}", dir=str(args.dir))
+    log.info("answering requests in {where}", where=where)
     reactor.run()
     log.info("stopped: {counts}", counts=backend.summary())
     return 0

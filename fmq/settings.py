@@ -92,6 +92,8 @@ class AmqpSettings:
 
     url: str
     request_queue: str
+    connect_timeout: float
+    reconnect_max: float
 
 
 @attrs.frozen

@@ -20,6 +20,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import fmq.tap
+from fmq.brokers.amqp import AmqpBroker
 from fmq.brokers.factory import make_broker
 from fmq.brokers.file import FileBroker
 from fmq.interfaces import IBroker
@@ -225,12 +226,11 @@ class MakeBrokerTests(SynchronousTestCase):
 
     def test_amqp(self) -> None:
         """
-        C{type = amqp} is a L{ValueError} naming C{[broker] type}.
+        C{type = amqp} gives an L{AmqpBroker}, not yet connected.
         """
-        error = self.assertRaises(
-            ValueError, make_broker, self.settings(type="amqp"), MemoryReactorClock()
-        )
-        self.assertIn("[broker] type", str(error))
+        broker = make_broker(self.settings(type="amqp"), MemoryReactorClock())
+        self.assertIsInstance(broker, AmqpBroker)
+        self.assertFalse(broker.available)
 
     def test_unknown_dotted_path(self) -> None:
         """
@@ -352,7 +352,7 @@ class BuildServiceTests(SynchronousTestCase):
         """
         directory = temporary_directory(self) / "broker"
         settings = load_settings(
-            DictSource({"broker": {"directory": str(directory), "type": "amqp"}})
+            DictSource({"broker": {"directory": str(directory), "type": "fmq_no.such"}})
         )
         reactor = MemoryReactorClock()
         error = self.assertRaises(ValueError, build_service, settings, reactor)

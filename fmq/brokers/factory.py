@@ -36,7 +36,24 @@ def file_broker(settings: Settings, reactor: Any) -> IBroker:
     )
 
 
-BROKERS = {"file": file_broker}
+def amqp_broker(settings: Settings, reactor: Any) -> IBroker:
+    """
+    The RabbitMQ broker of C{[amqp]}.
+    """
+    from fmq.brokers.amqp import AmqpBroker
+
+    amqp = settings.amqp
+    return AmqpBroker(
+        reactor,
+        amqp.url,
+        amqp.request_queue,
+        request_ttl=settings.broker.request_ttl,
+        connect_timeout=amqp.connect_timeout,
+        reconnect_max=amqp.reconnect_max,
+    )
+
+
+BROKERS = {"file": file_broker, "amqp": amqp_broker}
 
 
 def make_broker(settings: Settings, reactor: Any) -> IBroker:
@@ -46,8 +63,6 @@ def make_broker(settings: Settings, reactor: Any) -> IBroker:
     @raise ValueError: the type names no broker; the message names the key.
     """
     name = settings.broker.type
-    if name == "amqp":
-        raise ValueError("[broker] type: the amqp broker is not available in this version")
     factory = BROKERS.get(name)
     if factory is None:
         try:

@@ -1,0 +1,353 @@
+"""
+The AMQP broker: requests go to a RabbitMQ queue, answers come back on this
+instance's direct reply-to pseudo-queue.
+
+Why direct reply-to (C{amq.rabbitmq.reply-to}) rather than an exclusive reply
+queue: nothing to declare or clean up per instance, no queue left behind by a
+crashed instance, and replies for an instance that is gone are dropped by
+RabbitMQ at once. Its limit suits fmq: the reply address belongs to the
+channel, so after a reconnect the requests still in flight cannot be answered
+and their callers get 503 at once, which fmq would do anyway.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from fmq.errors import (
+    BrokerRequestFailed,
+    BrokerUnavailable,
+    MalformedResponse,
+    RequestExpired,
+    ShuttingDown,
+    Withdrawn,
+)
+from fmq.interfaces import IBroker
+from fmq.logs import debugging
+from fmq.protocol import BrokerRequest, BrokerResponse, encode_request, parse_response
+
+REPLY_TO = "amq.rabbitmq.reply-to"
+#: the header that carries the md5 broker key
+KEY_HEADER = "fmq-key"
+
+
+@attrs.define(eq=False)
+class _Outstanding:
+    request: BrokerRequest
+    deferred: Deferred[BrokerResponse]
+    expiry: IDelayedCall
+
+
+def reconnect_delay(attempt: int, cap: float) -> float:
+    """
+    Seconds before the next connection attempt: 0.5, 1, 2, ... up to C{cap}.
+    """
+    return min(0.5 * 2 ** min(attempt, 30), cap)
+
+
+@implementer(IBroker)
+class AmqpBroker(Service):
+    """
+    A broker over RabbitMQ (AMQP 0-9-1), with pika's Twisted adapter.
+
+    @ivar available: C{True} while connected, with the channel set up.
+    @ivar dropped_replies: replies with an unknown or already answered id.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        url: str,
+        request_queue: str,
+        *,
+        request_ttl: float,
+        connect_timeout: float = 10.0,
+        reconnect_max: float = 10.0,
+    ) -> None:
+        import pika
+
+        self._reactor = reactor
+        self._parameters = pika.URLParameters(url)
+        self._queue_name = request_queue
+        self._ttl = request_ttl
+        self._connect_timeout = connect_timeout
+        self._reconnect_max = reconnect_max
+        self._outstanding: dict[str, _Outstanding] = {}
+        self._channel: Any = None
+        self._connection: Any = None
+        self._generation = 0
+        self._attempt = 0
+        self._reconnect: IDelayedCall | None = None
+        self._stopping = False
+        self._down_logged = False
+        self.available = False
+        self.dropped_replies = 0
+
+    # -- the service
+
+    def startService(self) -> None:
+        """
+        Connect; a RabbitMQ that is not there yet is retried, not fatal.
+        """
+        Service.startService(self)
+        self._stopping = False
+        self._connect()
+
+    def stopService(self) -> Deferred[None] | None:
+        """
+        Fail what is in flight with L{ShuttingDown} and close the connection.
+        """
+        Service.stopService(self)
+        self._stopping = True
+        if self._reconnect is not None and self._reconnect.active():
+            self._reconnect.cancel()
+        self._fail_all(ShuttingDown())
+        self.available = False
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.is_open:
+            closed = connection.closed
+            connection.close()
+            if isinstance(closed, Deferred):
+                done: Deferred[None] = Deferred()
+                closed.addBoth(lambda _: done.callback(None))
+                return done.addTimeout(5, self._reactor).addErrback(lambda f: None)
+        return None
+
+    # -- IBroker
+
+    def submit(self, request: BrokerRequest) -> Deferred[BrokerResponse]:
+        correlation_id = uuid.uuid4().hex
+        deferred: Deferred[BrokerResponse] = Deferred(lambda d: self._forget(correlation_id))
+        if not self.running:
+            deferred.errback(ShuttingDown())
+            return deferred
+        if not self.available or self._channel is None:
+            deferred.errback(BrokerUnavailable())
+            return deferred
+        import pika
+
+        properties = pika.BasicProperties(
+            correlation_id=correlation_id,
+            reply_to=REPLY_TO,
+            delivery_mode=2,
+            expiration=str(int(self._ttl * 1000)),
+            headers={KEY_HEADER: request.key},
+        )
+        expiry = self._reactor.callLater(self._ttl, self._expire, correlation_id)
+        self._outstanding[correlation_id] = _Outstanding(request, deferred, expiry)
+        try:
+            published = self._channel.basic_publish(
+                exchange="",
+                routing_key=self._queue_name,
+                body=encode_request(request),
+                properties=properties,
+                mandatory=True,
+            )
+        except Exception as e:  # a closing channel raises instead of failing
+            self.log.warn("cannot publish {key}: {error}", key=request.key, error=repr(e))
+            self._end(correlation_id, BrokerUnavailable())
+            return deferred
+        published.addErrback(self._not_confirmed, correlation_id)
+        if debugging():
+            self.log.debug(
+                "published {key} ({request}) as {id}",
+                key=request.key,
+                request=request.line,
+                id=correlation_id,
+            )
+        return deferred
+
+    def withdraw(self, request: BrokerRequest) -> None:
+        for correlation_id, outstanding in list(self._outstanding.items()):
+            if outstanding.request is request:
+                self._end(correlation_id, Withdrawn())
+
+    def in_flight(self) -> int:
+        return len(self._outstanding)
+
+    # -- connecting
+
+    def _connect(self) -> None:
+        from pika.adapters.twisted_connection import TwistedProtocolConnection
+
+        self._generation += 1
+        generation = self._generation
+        protocol = TwistedProtocolConnection(self._parameters)
+        ready = protocol.ready  # it is set to None once it fires
+        endpoint = TCP4ClientEndpoint(
+            self._reactor,
+            self._parameters.host,
+            self._parameters.port,
+            timeout=int(self._connect_timeout),
+        )
+        connected = connectProtocol(endpoint, protocol)
+        connected.addCallback(lambda _: ready)
+        connected.addTimeout(self._connect_timeout, self._reactor)
+        connected.addCallback(lambda _: Deferred.fromCoroutine(self._set_up(protocol, generation)))
+        connected.addErrback(self._connect_failed, protocol, generation)
+
+    async def _set_up(self, protocol: Any, generation: int) -> None:
+        channel = await protocol.channel()
+        await channel.queue_declare(queue=self._queue_name, durable=True)
+        await channel.confirm_delivery()
+        replies, _ = await channel.basic_consume(queue=REPLY_TO, auto_ack=True)
+        if generation != self._generation or self._stopping:
+            protocol.close()
+            return
+        self._connection = protocol
+        self._channel = channel
+        self._watch_close(protocol, generation)
+        self._attempt = 0
+        self.available = True
+        self._down_logged = False
+        self.log.info(
+            "connected to RabbitMQ at {host}:{port}; requests go to queue {queue}",
+            host=self._parameters.host,
+            port=self._parameters.port,
+            queue=self._queue_name,
+        )
+        Deferred.fromCoroutine(self._read_replies(replies, generation))
+
+    def _watch_close(self, protocol: Any, generation: int) -> None:
+        """
+        Log the broker's own reason for closing (the adapter replaces it
+        with C{ConnectionDone}), and handle the loss once.
+        """
+        import pika.spec
+
+        reason: dict[str, str] = {}
+
+        def closed_by_broker(frame: Any) -> None:
+            method = frame.method
+            reason["text"] = f"{method.reply_code} {method.reply_text}"
+
+        impl = getattr(protocol, "_impl", None)
+        if impl is not None:
+            impl.callbacks.add(0, pika.spec.Connection.Close, closed_by_broker)
+        protocol.closed.addBoth(
+            lambda error: self._lost(generation, reason.get("text") or repr(error))
+        )
+
+    def _connect_failed(self, failure: Any, protocol: Any, generation: int) -> None:
+        if generation != self._generation:
+            return
+        try:
+            protocol.transport.loseConnection()
+        except Exception:
+            pass
+        self._down(f"cannot connect: {failure.getErrorMessage() or failure.type.__name__}")
+
+    def _lost(self, generation: int, reason: str) -> None:
+        if generation != self._generation:
+            return
+        self._generation += 1  # anything from the old connection is stale now
+        self._channel = None
+        self._connection = None
+        if self._stopping:
+            return
+        self._down(f"connection lost: {reason}")
+
+    def _down(self, reason: str) -> None:
+        """
+        Not connected: fail what is in flight (its replies can no longer come),
+        and try again after a capped backoff.
+        """
+        was_up = self.available
+        self.available = False
+        if was_up or not self._down_logged:
+            self.log.error(
+                "RabbitMQ at {host}:{port} is unavailable: {reason}",
+                host=self._parameters.host,
+                port=self._parameters.port,
+                reason=reason,
+            )
+            self._down_logged = True
+        self._fail_all(BrokerUnavailable())
+        if self._stopping:
+            return
+        delay = reconnect_delay(self._attempt, self._reconnect_max)
+        self._attempt += 1
+        self._reconnect = self._reactor.callLater(delay, self._connect)
+
+    # -- replies
+
+    async def _read_replies(self, replies: Any, generation: int) -> None:
+        """
+        Take replies one at a time (a C{get()} from inside its own callback
+        would recurse once per queued reply).
+        """
+        while generation == self._generation:
+            try:
+                _, _, properties, body = await replies.get()
+            except Exception:
+                return  # the queue is closed with the channel
+            self._reply(properties.correlation_id, body)
+
+    def _reply(self, correlation_id: str | None, body: bytes) -> None:
+        outstanding = self._outstanding.pop(correlation_id or "", None)
+        if outstanding is None:
+            self.dropped_replies += 1
+            self.log.info("dropped a reply with unknown id {id}", id=correlation_id)
+            return
+        if outstanding.expiry.active():
+            outstanding.expiry.cancel()
+        try:
+            response = parse_response(body)
+        except MalformedResponse as e:
+            self.log.warn(
+                "malformed reply for {key} ({request}): {error}",
+                key=outstanding.request.key,
+                request=outstanding.request.line,
+                error=str(e),
+            )
+            outstanding.deferred.errback(e)
+        else:
+            outstanding.deferred.callback(response)
+
+    # -- ending a request
+
+    def _not_confirmed(self, failure: Any, correlation_id: str) -> None:
+        if correlation_id in self._outstanding:
+            self.log.warn(
+                "request {id} was not confirmed by RabbitMQ: {error}",
+                id=correlation_id,
+                error=failure.type.__name__,
+            )
+            self._end(correlation_id, BrokerUnavailable())
+
+    def _expire(self, correlation_id: str) -> None:
+        outstanding = self._outstanding.get(correlation_id)
+        if outstanding is not None:
+            self.log.warn(
+                "no reply for {key} ({request}) within {ttl}s",
+                key=outstanding.request.key,
+                request=outstanding.request.line,
+                ttl=self._ttl,
+            )
+            self._end(correlation_id, RequestExpired())
+
+    def _forget(self, correlation_id: str) -> _Outstanding | None:
+        outstanding = self._outstanding.pop(correlation_id, None)
+        if outstanding is not None and outstanding.expiry.active():
+            outstanding.expiry.cancel()
+        return outstanding
+
+    def _end(self, correlation_id: str, error: BrokerRequestFailed) -> None:
+        outstanding = self._forget(correlation_id)
+        if outstanding is not None:
+            outstanding.deferred.errback(error)
+
+    def _fail_all(self, error: BrokerRequestFailed) -> None:
+        for correlation_id in list(self._outstanding):
+            self._end(correlation_id, error)
