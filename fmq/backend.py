@@ -122,12 +122,19 @@ class AmqpBackend:
                 self.counts["ignored"] += 1
                 channel.basic_ack(delivery_tag=method.delivery_tag)
                 continue
-            low, high = self._behaviour.delay
-            self._reactor.callLater(
-                self._rng.uniform(low, high), self._reply, method, properties, body
-            )
+            self.take(method, properties, body)
 
-    def _reply(self, method: Any, properties: Any, body: bytes) -> None:
+    def take(self, method: Any, properties: Any, body: bytes) -> None:
+        """
+        Reply to a new request after the delay.
+        """
+        low, high = self._behaviour.delay
+        self._reactor.callLater(self._rng.uniform(low, high), self.reply, method, properties, body)
+
+    def reply(self, method: Any, properties: Any, body: bytes) -> None:
+        """
+        Publish the answer to one request to its C{reply_to}, and ack it.
+        """
         import pika
 
         channel = self._channel

@@ -84,6 +84,11 @@ class _StateCollector:
                 d.caller_timeouts,
             ),
             (
+                "fmq_dropped_replies",
+                "Replies dropped: unknown or already answered id.",
+                getattr(self._broker, "dropped_replies", 0),
+            ),
+            (
                 "fmq_delete_retries",
                 "Attempts to delete a broker file that were retried.",
                 getattr(self._broker, "delete_retries", 0),

@@ -84,14 +84,14 @@ class FmqProcess:
         }
         for section, keys in sections.items():
             values.setdefault(section, {}).update(keys)
-        self.ini = tmp / "fmq.ini"
+        self.ini = tmp / f"fmq-{self.port}.ini"
         self.ini.write_text(
             "".join(
                 f"[{section}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items())
                 for section, keys in values.items()
             )
         )
-        self.log = tmp / "fmq.log"
+        self.log = tmp / f"fmq-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.pool = HTTPConnectionPool(reactor, persistent=False)
 

@@ -12,6 +12,7 @@ and their callers get 503 at once, which fmq would do anyway.
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -79,6 +80,8 @@ class AmqpBroker(Service):
 
         self._reactor = reactor
         self._parameters = pika.URLParameters(url)
+        # how this instance shows in RabbitMQ's management and rabbitmqctl
+        self._parameters.client_properties = {"connection_name": f"fmq pid {os.getpid()}"}
         self._queue_name = request_queue
         self._ttl = request_ttl
         self._connect_timeout = connect_timeout

@@ -1,0 +1,213 @@
+"""
+End to end on RabbitMQ: real C{twistd fmq} processes with C{[broker] type =
+amqp}, the stand-in backend on the request queue, real HTTP callers.
+
+Where RabbitMQ is unreachable these tests skip with a loud reason, except under
+CI (C{CI=true}), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+
+from fmq.backend import AmqpBackend, Behaviour
+from tests.contract import AMQP_URL, connect
+from tests.e2e import answers, eventually
+from tests.test_broker_contract import skip_without_rabbitmq
+from tests.test_resilience import codes
+
+
+class HeldAmqpBackend(AmqpBackend):
+    """
+    The stand-in AMQP backend, holding every request until the test releases it.
+    """
+
+    def __init__(self, queue: str, body: str = "{method} {path} #{n}", **kw) -> None:
+        super().__init__(reactor, AMQP_URL, queue, Behaviour(body=body, **kw))
+        self.held: list[tuple] = []
+        self.taken: list[bytes] = []
+        self.holding = True
+
+    def take(self, method, properties, body) -> None:
+        self.taken.append(body)
+        if self.holding:
+            self.held.append((method, properties, body))
+        else:
+            self.reply(method, properties, body)
+
+    def release(self, hold_again: bool = False) -> None:
+        held, self.held = self.held, []
+        self.holding = hold_again
+        for message in held:
+            self.reply(*message)
+
+
+@pytest.fixture
+def queue():
+    """
+    A request queue of this test's own, deleted afterwards.
+    """
+    skip_without_rabbitmq()
+    name = f"fmq.test.{uuid.uuid4().hex[:12]}"
+    yield name
+
+    async def delete() -> None:
+        connection = await connect(AMQP_URL)
+        channel = await connection.channel()
+        await channel.queue_delete(queue=name)
+        closed = connection.closed
+        connection.close()
+        await closed
+
+    pytest_twisted.blockon(Deferred.fromCoroutine(delete()))
+
+
+@pytest.fixture
+def amqp_backend(queue):
+    """
+    Start stand-in AMQP backends on the test's queue; stopped at the end.
+    """
+    started: list[HeldAmqpBackend] = []
+
+    async def make(**kwargs) -> HeldAmqpBackend:
+        backend = HeldAmqpBackend(queue, **kwargs)
+        started.append(backend)
+        await backend.start()
+        return backend
+
+    yield make
+    for backend in started:
+        backend.stop()
+
+
+def amqp(queue: str, **http) -> dict:
+    return {
+        "broker": {"type": "amqp", "request_ttl": 60},
+        "amqp": {"request_queue": queue, "reconnect_max": 1},
+        "http": http,
+    }
+
+
+@pytest_twisted.ensureDeferred
+async def test_pass_through(make_fmq, amqp_backend, queue) -> None:
+    """
+    A caller's request travels over RabbitMQ to the backend and its answer back.
+    """
+    fmq = await make_fmq(**amqp(queue))
+    backend = await amqp_backend()
+    backend.release()
+    assert await answers([fmq.get("/items?id=1")]) == [(200, b"GET /items?id=1 #1")]
+    assert (await fmq.health())["broker"] == {"type": "amqp", "available": True, "in_flight": 0}
+
+
+@pytest_twisted.ensureDeferred
+async def test_identical_callers_make_one_message(make_fmq, amqp_backend, queue) -> None:
+    """
+    100 identical callers make one message; the next batch makes a new one.
+    """
+    fmq = await make_fmq(**amqp(queue))
+    backend = await amqp_backend(body="batch {n}")
+    for batch, size in [(1, 100), (2, 20)]:
+        calls = [fmq.get("/same") for _ in range(size)]
+        await fmq.waiting(size)
+        await eventually(lambda b=batch: len(backend.taken) == b, f"message {batch}")
+        backend.release(hold_again=True)
+        assert await answers(calls) == [(200, b"batch %d" % batch)] * size
+    assert backend.taken == [b"GET /same\n"] * 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_callers_timeout_scenario(make_fmq, amqp_backend, queue) -> None:
+    """
+    Caller A times out with 504; caller B joins A's request and gets the answer.
+    """
+    fmq = await make_fmq(**amqp(queue, request_timeout=3))
+    backend = await amqp_backend(body="late")
+    [a] = await answers([fmq.get("/slow")])
+    assert a[0] == 504
+    b = fmq.get("/slow")
+    await fmq.waiting(1)
+    assert len(backend.taken) == 1
+    backend.release()
+    assert await answers([b]) == [(200, b"late")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_reply_is_502(make_fmq, amqp_backend, queue) -> None:
+    """
+    A reply that is not in the response format gives 502.
+    """
+    fmq = await make_fmq(**amqp(queue))
+    backend = await amqp_backend(malformed=1.0)
+    backend.release()
+    assert [code for code, _ in await answers([fmq.get("/bad")])] == [502]
+
+
+def rabbitmqctl(*args: str) -> str:
+    result = subprocess.run(
+        ["rabbitmqctl", *args], capture_output=True, text=True, timeout=60, check=True
+    )
+    return result.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_loss(make_fmq, amqp_backend, queue) -> None:
+    """
+    When RabbitMQ closes fmq's connection, waiting callers get 503 at once,
+    health says so, and fmq reconnects by itself and serves again.
+    """
+    if shutil.which("rabbitmqctl") is None or os.geteuid() != 0:
+        pytest.skip("rabbitmqctl is not usable here: cannot close a connection from the server")
+    fmq = await make_fmq(**amqp(queue))
+    backend = await amqp_backend(body="after")
+    calls = [fmq.get("/wait") for _ in range(5)]
+    await fmq.waiting(5)
+    name = f"fmq pid {fmq.process.pid}"
+    listing = rabbitmqctl("list_connections", "--quiet", "--no-table-headers", "pid",
+                          "client_properties")  # fmt: skip
+    [line] = [line for line in listing.splitlines() if f'"{name}"' in line]
+    closed_at = time.monotonic()
+    rabbitmqctl("close_connection", line.split("\t")[0], "fmq test: closed by the server")
+    assert await codes(calls) == [503] * 5
+    assert time.monotonic() - closed_at < 30  # ~immediately here; generous for slow machines
+    await eventually(fmq.health_status, "fmq to reconnect")
+    assert "320" in fmq.log_text() or "CONNECTION_FORCED" in fmq.log_text()
+    backend.release()
+    assert await answers([fmq.get("/wait")]) == [(200, b"after")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_instances_share_one_queue(make_fmq, amqp_backend, queue, tmp_path) -> None:
+    """
+    Two fmq instances on one queue, with one backend: each collapses its own
+    callers, every answer is correct and none crosses between instances.
+    """
+    first = await make_fmq(**amqp(queue))
+    second = await make_fmq(**amqp(queue))
+    backend = await amqp_backend()
+    calls_first = [first.get("/shared") for _ in range(30)] + [first.get("/one") for _ in range(5)]
+    calls_second = [second.get("/shared") for _ in range(30)] + [second.get("/two")]
+    await first.waiting(35)
+    await second.waiting(31)
+    await eventually(lambda: len(backend.taken) == 4, "one message per instance and path")
+    assert sorted(backend.taken) == sorted(
+        [b"GET /shared\n", b"GET /shared\n", b"GET /one\n", b"GET /two\n"]
+    )
+    backend.release()
+    results_first = await answers(calls_first)
+    results_second = await answers(calls_second)
+    assert {body.rsplit(b" #", 1)[0] for _, body in results_first[:30]} == {b"GET /shared"}
+    assert len({body for _, body in results_first[:30]}) == 1
+    assert len({body for _, body in results_second[:30]}) == 1
+    assert set(results_first[30:]) == {(200, b"GET /one #1")}
+    assert results_second[30:] == [(200, b"GET /two #1")]
+    assert all(code == 200 for code, _ in results_first + results_second)
