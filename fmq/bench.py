@@ -15,6 +15,8 @@ C{docs/BENCHMARKS.md} records.
    against inotify, one request at a time.
 5. One scan's cost with 100 requests in flight, with and without 20,000
    unrelated files in the directory.
+6. Over RabbitMQ: throughput with one fmq instance and with two sharing one
+   request queue.
 """
 
 from __future__ import annotations
@@ -360,6 +362,54 @@ def scan_cost(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return results
 
 
+def scale_out(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """
+    Throughput over RabbitMQ with one fmq instance, and with two on one queue
+    (each loaded by its own C{wrk}, half the connections each), one backend.
+    """
+    import pika
+
+    queue = f"fmq.bench.{os.getpid()}"
+    amqp = {"broker": {"type": "amqp"}, "amqp": {"url": args.amqp_url, "request_queue": queue}}
+    results: dict[str, Any] = {"one": [], "two": []}
+    try:
+        with stack(root) as s:
+            ports = [s.fmq("collapse", s.workdir / f"unused{n}", **amqp)[0] for n in range(2)]
+            backend = ["--broker", "amqp", "--url", args.amqp_url, "--queue", queue]
+            s.spawn("backend", [sys.executable, "-m", "fmq.backend", *backend, "--delay", "0.005"])
+            time.sleep(2)
+            wrk(ports[0], 2, args.connections, args.hot_keys, s.workdir)  # warm-up
+            for _ in range(args.repeats):
+                rate, _ = wrk(ports[0], args.seconds, args.connections, args.hot_keys, s.workdir)
+                results["one"].append(rate)
+                both = [
+                    subprocess.Popen(
+                        ["wrk", "-t1", f"-c{args.connections // 2}", f"-d{args.seconds}s",
+                         "-s", str(s.workdir / "hot.lua"), f"http://127.0.0.1:{port}/"],
+                        stdout=subprocess.PIPE, text=True,
+                    )
+                    for port in ports
+                ]  # fmt: skip
+                total = 0.0
+                for process in both:
+                    out, _ = process.communicate()
+                    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+                    total += float(match.group(1)) if match else 0.0
+                results["two"].append(round(total, 1))
+                print(f"  one instance {rate:.0f} req/s, two instances {total:.0f} req/s")
+    finally:
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(args.amqp_url))
+            connection.channel().queue_delete(queue=queue)
+            connection.close()
+        except Exception as e:
+            print(f"  could not delete queue {queue}: {e}", file=sys.stderr)
+    results["one_median"] = statistics.median(results["one"])
+    results["two_median"] = statistics.median(results["two"])
+    results["ratio"] = round(results["two_median"] / results["one_median"], 2)
+    return results
+
+
 def markdown(results: dict[str, Any]) -> str:
     """
     The tables of C{docs/BENCHMARKS.md}.
@@ -415,6 +465,17 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["| one scan, 100 requests in flight | ms |", "| --- | --- |"]
         lines += [f"| {name} | {ms} |" for name, ms in sc.items()]
         lines.append("")
+    so = results.get("scale_out")
+    if so:
+        lines += [
+            "| over RabbitMQ | req/s, each run | median |",
+            "| --- | --- | --- |",
+            f"| one fmq | {', '.join(f'{r:.0f}' for r in so['one'])} | {so['one_median']:.0f} |",
+            f"| two fmq, one queue | {', '.join(f'{r:.0f}' for r in so['two'])} "
+            f"| {so['two_median']:.0f} |",
+            f"| two / one | | {so['ratio']} |",
+            "",
+        ]
     b = results.get("bursts")
     if b:
         keys = ["requests", "seconds", "req_per_s", "p50_ms", "p99_ms", "errors",
@@ -439,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=["ceiling", "naive", "bursts", "latency", "scan"],
+        choices=["ceiling", "naive", "bursts", "latency", "scan", "amqp"],
         action="append",
         help="run only these parts (default: all)",
     )
@@ -449,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hot-keys", type=int, default=10)
     parser.add_argument("--bursts", type=int, default=5)
     parser.add_argument("--probes", type=int, default=200, help="latency probes of each")
+    parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     parser.add_argument(
         "--dir",
         type=Path,
@@ -460,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None and (not args.only or "ceiling" in args.only):
         raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
     raise_own_limit()
-    parts = args.only or ["ceiling", "naive", "bursts", "latency", "scan"]
+    parts = args.only or ["ceiling", "naive", "bursts", "latency", "scan", "amqp"]
     root = Path(tempfile.mkdtemp(prefix="fmq-bench-", dir=args.dir))
     results: dict[str, Any] = {"machine": machine()}
     try:
@@ -479,6 +541,9 @@ def main(argv: list[str] | None = None) -> int:
         if "scan" in parts:
             print("scan cost")
             results["scan_cost"] = scan_cost(args, root)
+        if "amqp" in parts:
+            print("scale-out over RabbitMQ: one instance, two")
+            results["scale_out"] = scale_out(args, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     args.json.write_text(json.dumps(results, indent=2))
