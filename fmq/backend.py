@@ -46,6 +46,13 @@ class Behaviour:
     never: float = 0.0
 
 
+def summary(counts: Counter[str]) -> str:
+    """
+    Counts as one line, e.g. C{answered=3 seen=4}.
+    """
+    return " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no requests"
+
+
 def render(
     behaviour: Behaviour, line: bytes, n: int, rng: random.Random, counts: Counter[str]
 ) -> bytes:
@@ -165,7 +172,7 @@ class AmqpBackend:
         """
         The counts as one line.
         """
-        return " ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "no requests"
+        return summary(self.counts)
 
 
 class DirectoryBackend:
@@ -273,7 +280,7 @@ class DirectoryBackend:
         """
         The counts as one line, e.g. C{answered=3 seen=4}.
         """
-        return " ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "no requests"
+        return summary(self.counts)
 
     def _write_in_place(self, target: Path, data: bytes) -> None:
         half = len(data) // 2

@@ -492,6 +492,17 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: each part of the bench: its --only name, its key in the results, its title
+PARTS = [
+    ("ceiling", "ceiling", "throughput against the bare Klein ceiling", ceiling_ratio),
+    ("naive", "naive_vs_collapse", "naive against collapse", naive_vs_collapse),
+    ("bursts", "bursts", "bursts of 20,000", bursts),
+    ("latency", "latency", "added latency: poll against inotify", latency),
+    ("scan", "scan_cost", "scan cost", scan_cost),
+    ("amqp", "scale_out", "scale-out over RabbitMQ: one instance, two", scale_out),
+]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
@@ -500,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=["ceiling", "naive", "bursts", "latency", "scan", "amqp"],
+        choices=[part for part, *_ in PARTS],
         action="append",
         help="run only these parts (default: all)",
     )
@@ -522,28 +533,14 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None and (not args.only or "ceiling" in args.only):
         raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
     raise_own_limit()
-    parts = args.only or ["ceiling", "naive", "bursts", "latency", "scan", "amqp"]
+    parts = args.only or [part for part, *_ in PARTS]
     root = Path(tempfile.mkdtemp(prefix="fmq-bench-", dir=args.dir))
     results: dict[str, Any] = {"machine": machine()}
     try:
-        if "ceiling" in parts:
-            print("throughput against the bare Klein ceiling")
-            results["ceiling"] = ceiling_ratio(args, root)
-        if "naive" in parts:
-            print("naive against collapse")
-            results["naive_vs_collapse"] = naive_vs_collapse(args, root)
-        if "bursts" in parts:
-            print("bursts of 20,000")
-            results["bursts"] = bursts(args, root)
-        if "latency" in parts:
-            print("added latency: poll against inotify")
-            results["latency"] = latency(args, root)
-        if "scan" in parts:
-            print("scan cost")
-            results["scan_cost"] = scan_cost(args, root)
-        if "amqp" in parts:
-            print("scale-out over RabbitMQ: one instance, two")
-            results["scale_out"] = scale_out(args, root)
+        for part, key, title, measure in PARTS:
+            if part in parts:
+                print(title)
+                results[key] = measure(args, root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     args.json.write_text(json.dumps(results, indent=2))

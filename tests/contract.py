@@ -84,7 +84,7 @@ class AmqpDriver:
     """
 
     name = "amqp"
-    ttl = 3.0
+    ttl = 6.0  # real seconds: long enough for a slow machine's first half to stay quiet
     takes_back = False  # a published message cannot be recalled
 
     def __init__(self, tmp: Path) -> None:

@@ -128,9 +128,10 @@ async def test_identical_callers_make_one_message(make_fmq, amqp_backend, queue)
 @pytest_twisted.ensureDeferred
 async def test_two_callers_timeout_scenario(make_fmq, amqp_backend, queue) -> None:
     """
-    Caller A times out with 504; caller B joins A's request and gets the answer.
+    Caller A times out with 504; caller B joins A's request and gets the answer
+    (the scenario of CONTRACT §5, scaled to a 5 s timeout).
     """
-    fmq = await make_fmq(**amqp(queue, request_timeout=3))
+    fmq = await make_fmq(**amqp(queue, request_timeout=5))
     backend = await amqp_backend(body="late")
     [a] = await answers([fmq.get("/slow")])
     assert a[0] == 504
