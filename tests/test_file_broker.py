@@ -702,3 +702,47 @@ class WatchTests(SynchronousTestCase):
         """
         self.broker.stopService()
         self.assertTrue(self.watchers[0].stopped)
+
+
+class WatchLoopTests(SynchronousTestCase):
+    """
+    The availability check never stops its loop.
+    """
+
+    def test_bug_in_check_is_logged_and_loop_goes_on(self) -> None:
+        """
+        An unexpected error in one check is logged; the next check still runs.
+        """
+        clock = Clock()
+        fs = FaultyFileSystem()
+        broker = file_broker(Path(self.mktemp()), clock, fs=fs)
+        broker.startService()
+        self.addCleanup(broker.stopService)
+        calls = []
+        original = fs.probe
+        fs.probe = lambda directory: calls.append(1) or 1 / 0
+        clock.advance(CHECK)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        fs.probe = lambda directory: calls.append(1) or original(directory)
+        clock.advance(CHECK)
+        self.assertEqual(len(calls), 2)
+        self.assertTrue(broker.available)
+
+    def test_directory_gone_between_probe_and_stat(self) -> None:
+        """
+        A directory removed between the probe and the stat makes the broker
+        unavailable, not the loop die.
+        """
+        clock = Clock()
+        fs = FaultyFileSystem()
+        broker = file_broker(Path(self.mktemp()), clock, fs=fs)
+        broker.startService()
+        self.addCleanup(broker.stopService)
+
+        def gone(path):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory")
+
+        fs.stat = gone
+        broker._lock.release()  # so the check looks at the directory again
+        clock.advance(CHECK)
+        self.assertFalse(broker.available)

@@ -166,7 +166,7 @@ class FileBroker(Service):
         Service.startService(self)
         for call, interval in [
             (self._scan, self._poll_interval),
-            (self._watch, self._check_interval),
+            (self._watch_safely, self._check_interval),
         ]:
             loop = LoopingCall(call)
             loop.clock = self._clock
@@ -280,7 +280,11 @@ class FileBroker(Service):
         """
         error = self._fs.probe(self.directory)
         if error is None:
-            directory = self._fs.stat(self.directory)
+            try:
+                directory = self._fs.stat(self.directory)
+            except OSError as e:  # removed since the probe
+                self._lose(e.strerror or str(e))
+                return
             if not self._lock.holds(directory):
                 if self.available:
                     self._lose("the directory was replaced")
@@ -305,6 +309,15 @@ class FileBroker(Service):
                     "broker directory {directory} is usable again", directory=str(self.directory)
                 )
             self._take_leftovers()
+
+    def _watch_safely(self) -> None:
+        """
+        L{_watch} for the loop: a bug is logged, and the loop goes on.
+        """
+        try:
+            self._watch()
+        except Exception:
+            self.log.failure("unexpected error checking {directory}", directory=str(self.directory))
 
     def _lose(self, reason: str) -> None:
         """
