@@ -31,6 +31,8 @@ setup(
             "treq>=24.9",
             "hypothesis>=6.100",
             "ruff>=0.6",
+            "mypy>=1.10",
+            "mypy-zope>=1.0",
         ],
         "bench": ["matplotlib>=3.7"],
     },

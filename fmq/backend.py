@@ -345,8 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    reactor: Any = _reactor
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     behaviour = Behaviour(
@@ -354,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     backend: DirectoryBackend | AmqpBackend
     if args.broker == "amqp":
-        backend = AmqpBackend(reactor, args.url, args.queue, behaviour)
+        amqp_backend = backend = AmqpBackend(reactor, args.url, args.queue, behaviour)
 
         def connect() -> None:
             def failed(failure: Any) -> None:
@@ -365,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 reactor.stop()
 
-            Deferred.fromCoroutine(backend.start()).addErrback(failed)
+            Deferred.fromCoroutine(amqp_backend.start()).addErrback(failed)
 
         reactor.callWhenRunning(connect)
         where = f"queue {args.queue} at {args.url}"

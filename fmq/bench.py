@@ -143,7 +143,7 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], patience: float =
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"bench: {process.args[0]} exited with {process.returncode}")
+            raise SystemExit(f"bench: {process.args!r} exited with {process.returncode}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
                 return

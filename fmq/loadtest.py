@@ -98,20 +98,20 @@ class Sampler:
 
     def __init__(self, pid: int | None) -> None:
         self.process = psutil.Process(pid) if pid else None
-        self.samples: list[dict[str, float]] = []
+        self.samples: list[dict[str, Any]] = []
 
-    def sample(self, label: str = "") -> dict[str, float]:
+    def sample(self, label: str = "") -> dict[str, Any]:
         if self.process is None:
             return {}
         with self.process.oneshot():
-            sample = {
+            sample: dict[str, Any] = {
                 "t": time.time(),
                 "threads": self.process.num_threads(),
                 "rss_mb": self.process.memory_info().rss / 2**20,
                 "fds": self.process.num_fds(),
             }
         if label:
-            sample["label"] = label  # type: ignore[assignment]
+            sample["label"] = label
         self.samples.append(sample)
         return sample
 

@@ -39,7 +39,7 @@ class MemoryBroker(Service):
         self.available = True
 
     def submit(self, request: BrokerRequest) -> Deferred[BrokerResponse]:
-        deferred: Deferred[BrokerResponse] = Deferred(lambda d: self._forget(request))
+        deferred: Deferred[BrokerResponse] = Deferred(lambda d: self._cancel(request))
         if not self.running:
             deferred.errback(ShuttingDown())
         elif not self.available:
@@ -79,6 +79,9 @@ class MemoryBroker(Service):
         Service.stopService(self)
         for outstanding in list(self._outstanding.values()):
             self._end(outstanding.request, ShuttingDown())
+
+    def _cancel(self, request: BrokerRequest) -> None:
+        self._forget(request)
 
     def _forget(self, request: BrokerRequest) -> _Outstanding | None:
         outstanding = self._outstanding.pop(request.id, None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -14,8 +14,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import IRequest
-from twisted.web.server import Site
+from twisted.web import http
+from twisted.web.server import Request, Site
 
 from fmq.dispatch import Dispatcher
 from fmq.errors import BrokerRequestFailed
@@ -38,17 +38,19 @@ class Front:
         self._dispatcher = dispatcher
 
     @app.route("/", branch=True, strict_slashes=False, merge_slashes=False)
-    def proxy(self, request: IRequest) -> Deferred[bytes]:
+    def proxy(self, request: Request) -> Deferred[bytes]:
         """
         Answer with the backend's status and body, unchanged.
         """
         caller = CallerRequest(request.method, request.uri, request.requestHeaders)
         answer = self._dispatcher.handle(caller)
-        answer.addCallbacks(_reply, _refuse, callbackArgs=(request,), errbackArgs=(request,))
-        return answer
+        answered = answer.addCallbacks(
+            _reply, _refuse, callbackArgs=(request,), errbackArgs=(request,)
+        )
+        return cast("Deferred[bytes]", answered)
 
 
-def _reply(response: BrokerResponse, request: IRequest) -> bytes:
+def _reply(response: BrokerResponse, request: Request) -> bytes:
     request.setResponseCode(response.status)
     # The file protocol carries no content type; better none than a wrong one.
     request.defaultContentType = None
@@ -56,9 +58,9 @@ def _reply(response: BrokerResponse, request: IRequest) -> bytes:
     return response.body
 
 
-def _refuse(failure: Failure, request: IRequest) -> bytes:
+def _refuse(failure: Failure, request: Request) -> bytes:
     failure.trap(BrokerRequestFailed)
-    error = failure.value
+    error = cast(BrokerRequestFailed, failure.value)
     body = f"{error.status} {error.reason}\n".encode()
     request.setResponseCode(error.status)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -68,12 +70,20 @@ def _refuse(failure: Failure, request: IRequest) -> bytes:
     return body
 
 
+def _stdout() -> IO[bytes]:
+    """
+    The process's own stdout (twistd replaces C{sys.stdout} with its log).
+    """
+    stream = sys.__stdout__ if sys.__stdout__ is not None else sys.stdout
+    return stream.buffer
+
+
 class QuietSite(Site):
     """
     A L{Site} that writes no access log line per request.
     """
 
-    def log(self, request: IRequest) -> None:
+    def log(self, request: http.Request) -> None:
         pass
 
 
@@ -112,7 +122,7 @@ class AccessLogSite(Site):
             self._flusher.stop()
         self.flush()
 
-    def log(self, request: IRequest) -> None:
+    def log(self, request: http.Request) -> None:
         now = int(self._clock.seconds())
         if now != self._stamp_second:
             self._stamp_second = now
@@ -135,7 +145,7 @@ class AccessLogSite(Site):
         Write the lines collected since the last flush.
         """
         if self._lines:
-            out = self._out if self._out is not None else sys.__stdout__.buffer
+            out = self._out if self._out is not None else _stdout()
             lines, self._lines = self._lines, []
             out.write(b"".join(lines))
             out.flush()

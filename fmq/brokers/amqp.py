@@ -131,7 +131,7 @@ class AmqpBroker(Service):
 
     def submit(self, request: BrokerRequest) -> Deferred[BrokerResponse]:
         correlation_id = uuid.uuid4().hex
-        deferred: Deferred[BrokerResponse] = Deferred(lambda d: self._forget(correlation_id))
+        deferred: Deferred[BrokerResponse] = Deferred(lambda d: self._cancel(correlation_id))
         if not self.running:
             deferred.errback(ShuttingDown())
             return deferred
@@ -339,6 +339,9 @@ class AmqpBroker(Service):
                 ttl=self._ttl,
             )
             self._end(correlation_id, RequestExpired())
+
+    def _cancel(self, correlation_id: str) -> None:
+        self._forget(correlation_id)
 
     def _forget(self, correlation_id: str) -> _Outstanding | None:
         outstanding = self._outstanding.pop(correlation_id, None)
