@@ -53,6 +53,9 @@ end
 
 
 def free_port() -> int:
+    """
+    A TCP port free on 127.0.0.1 now.
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -68,6 +71,9 @@ class Stack:
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+        """
+        Start C{command}, its output in C{<name>.log} in the work folder.
+        """
         log = open(self.workdir / f"{name}.log", "ab")
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -101,6 +107,9 @@ class Stack:
         return port, admin, process.pid
 
     def backend(self, directory: Path, delay: float) -> None:
+        """
+        Start the stand-in backend on C{directory}, answering after C{delay}.
+        """
         self.spawn(
             "backend",
             [sys.executable, "-m", "fmq.backend", "--dir", str(directory), "--delay", str(delay),
@@ -108,6 +117,9 @@ class Stack:
         )  # fmt: skip
 
     def ceiling(self, defer: float = 0.0) -> int:
+        """
+        Start the bare Klein app (holding answers C{defer} seconds); return its port.
+        """
         port = free_port()
         process = self.spawn(
             "ceiling",
@@ -117,6 +129,9 @@ class Stack:
         return port
 
     def stop(self) -> None:
+        """
+        Stop every process started, killing those that do not stop.
+        """
         for process in self.processes:
             if process.poll() is None:
                 process.terminate()
@@ -131,6 +146,9 @@ class Stack:
 
 @contextlib.contextmanager
 def stack(root: Path) -> Iterator[Stack]:
+    """
+    A L{Stack} in a fresh folder under C{root}, stopped on the way out.
+    """
     workdir = Path(tempfile.mkdtemp(dir=root))
     started = Stack(workdir)
     try:
@@ -140,6 +158,9 @@ def stack(root: Path) -> Iterator[Stack]:
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], patience: float = 30) -> None:
+    """
+    Wait until something listens on C{port}, or fail if C{process} exits.
+    """
     deadline = time.monotonic() + patience
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -219,6 +240,9 @@ def ceiling_ratio(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 
 def burst_args(port: int, admin: int, keys: int, batch: int) -> argparse.Namespace:
+    """
+    The arguments L{fmq.loadtest.step} wants, for a burst of C{keys} x C{batch}.
+    """
     return argparse.Namespace(
         host="127.0.0.1", port=port, admin_port=admin, keys=keys, batch=batch, timeout=120.0
     )
@@ -504,6 +528,9 @@ PARTS = [
 
 
 def main(argv: list[str] | None = None) -> int:
+    """
+    C{scripts/bench}: run the parts asked for, print their tables, save the JSON.
+    """
     parser = argparse.ArgumentParser(
         prog="scripts/bench",
         description=__doc__,
@@ -550,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def machine() -> dict[str, Any]:
+    """
+    What the figures were measured on.
+    """
     import platform
 
     return {

@@ -44,6 +44,9 @@ def make_app(deferred: bool) -> tuple[Klein, list[Deferred[bytes]]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """
+    C{python -m fmq.ceiling}: serve the app until interrupted.
+    """
     parser = argparse.ArgumentParser(prog="python -m fmq.ceiling", description=__doc__)
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--backlog", type=int, default=4096)

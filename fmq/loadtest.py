@@ -101,6 +101,9 @@ class Sampler:
         self.samples: list[dict[str, Any]] = []
 
     def sample(self, label: str = "") -> dict[str, Any]:
+        """
+        Take one sample now (labelled, if C{label}).
+        """
         if self.process is None:
             return {}
         with self.process.oneshot():
@@ -122,6 +125,9 @@ class Sampler:
 
 
 def percentile(values: list[float], p: float) -> float:
+    """
+    The C{p}th percentile of C{values} (nearest rank); 0 for none.
+    """
     if not values:
         return 0.0
     ordered = sorted(values)
@@ -236,6 +242,9 @@ async def hold(args: argparse.Namespace, sampler: Sampler) -> dict[str, Any]:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
+    """
+    Print the steps as a table.
+    """
     columns = [
         "concurrency", "requests", "req_per_s", "p50_ms", "p99_ms", "max_ms", "errors",
         "broker_requests", "batches", "threads_max", "rss_mb_max", "rss_mb_after",
@@ -276,12 +285,18 @@ def chart(rows: list[dict[str, Any]], samples: list[dict[str, float]], path: Pat
 
 
 def raise_own_limit() -> None:
+    """
+    Raise this process's open-files soft limit to the hard limit.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
+    """
+    The command line of C{fmq-loadtest}.
+    """
     parser = argparse.ArgumentParser(prog="fmq-loadtest", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)

@@ -67,6 +67,9 @@ class DirectoryLock:
         return self._fd is not None and self._directory_id == (directory.st_dev, directory.st_ino)
 
     def release(self) -> None:
+        """
+        Give the lock up; harmless if not held.
+        """
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
