@@ -32,6 +32,7 @@ class FaultyFileSystem(FileSystem):
     def __init__(self) -> None:
         self.faults: dict[str, list[int]] = {}
         self.unlinked: list[str] = []
+        self.written: list[str] = []
         self.closed: bool | None = True
         self.probe_error: OSError | None = None
 
@@ -46,7 +47,9 @@ class FaultyFileSystem(FileSystem):
 
     def write_atomic(self, path: Path, data: bytes) -> int:
         self._fault("write")
-        return super().write_atomic(path, data)
+        mtime = super().write_atomic(path, data)
+        self.written.append(path.name)
+        return mtime
 
     def unlink(self, path: Path) -> None:
         self._fault("unlink")
@@ -151,6 +154,29 @@ class FileBrokerTests(SynchronousTestCase):
         self.backend.answer(second, b"200\ntwo")
         self.backend.deliver()
         self.assertEqual(self.successResultOf(answer).body, b"two")
+
+    def test_request_during_cleanup_is_held(self) -> None:
+        """
+        A request arriving while the previous one's files cannot be deleted yet
+        is held, not written over the old file (which the retry would then
+        delete under it); once the old files are gone, it is written.
+        """
+        first = BrokerRequest.of(b"GET", b"/x")
+        answer = self.broker.submit(first)
+        self.fs.faults["unlink"] = [errno.EPERM]
+        self.backend.answer(first, b"200\nfirst")
+        self.backend.deliver()
+        self.assertEqual(self.successResultOf(answer).body, b"first")
+        second = self.broker.submit(BrokerRequest.of(b"GET", b"/x"))
+        self.assertEqual(self.fs.written, [f"{first.key}.req"])  # held, not written
+        self.clock.advance(retry_delay(0, 5.0))
+        self.assertEqual(self.fs.written, [f"{first.key}.req"] * 2)
+        self.assertTrue((self.directory / f"{first.key}.req").exists())
+        self.assertNoResult(second)
+        self.backend.answer(first, b"200\nsecond")
+        self.backend.deliver()
+        self.assertEqual(self.successResultOf(second).body, b"second")
+        self.assertEqual(self.names(), [])
 
     def test_answer_not_delivered_twice(self) -> None:
         """
