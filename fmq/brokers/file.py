@@ -432,6 +432,12 @@ class FileBroker(Service):
         key = pending.request.key
         if self._sent.get(key) is pending:
             del self._sent[key]
+            if debugging() and not isinstance(error, RequestExpired):
+                self.log.debug(
+                    "withdrew {key}.req ({request}): nobody waits for it",
+                    key=key,
+                    request=pending.request.line,
+                )
             self._attempt(self._start_cleanup(key))
         else:
             queue = self._waiting.get(key)
