@@ -46,31 +46,47 @@ class Behaviour:
     never: float = 0.0
 
 
-def summary(counts: Counter[str]) -> str:
+class _Answerer:
     """
-    Counts as one line, e.g. C{answered=3 seen=4}.
+    What both stand-in backends share: how they answer, and what they count.
+
+    @ivar counts: what it did, by kind: seen, answered, malformed, in_place,
+        ignored, withdrawn (gone before its answer was due).
     """
-    return " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no requests"
+
+    def __init__(self, behaviour: Behaviour, rng: random.Random | None) -> None:
+        self._behaviour = behaviour
+        self._rng = rng or random.Random()
+        self._answers: Counter[bytes] = Counter()
+        self.counts: Counter[str] = Counter()
+
+    def render(self, line: bytes) -> bytes:
+        """
+        The answer to the request C{line}, in the response format (C{{n}}
+        counts how often this line was answered), or malformed at the
+        C{malformed} rate.
+        """
+        self._answers[line] += 1
+        behaviour = self._behaviour
+        if self._rng.random() < behaviour.malformed:
+            self.counts["malformed"] += 1
+            return b"not a status\n"
+        method, _, path = line.rstrip(b"\n").partition(b" ")
+        body = behaviour.body.format(
+            method=method.decode("utf-8", "replace"),
+            path=path.decode("utf-8", "replace"),
+            n=self._answers[line],
+        )
+        return b"%d\n" % behaviour.status + body.encode()
+
+    def summary(self) -> str:
+        """
+        The counts as one line, e.g. C{answered=3 seen=4}.
+        """
+        return " ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "no requests"
 
 
-def render(
-    behaviour: Behaviour, line: bytes, n: int, rng: random.Random, counts: Counter[str]
-) -> bytes:
-    """
-    The answer to the request C{line}, the C{n}th time it is asked, in the
-    response format, or malformed at the C{malformed} rate.
-    """
-    if rng.random() < behaviour.malformed:
-        counts["malformed"] += 1
-        return b"not a status\n"
-    method, _, path = line.rstrip(b"\n").partition(b" ")
-    body = behaviour.body.format(
-        method=method.decode("utf-8", "replace"), path=path.decode("utf-8", "replace"), n=n
-    )
-    return b"%d\n" % behaviour.status + body.encode()
-
-
-class AmqpBackend:
+class AmqpBackend(_Answerer):
     """
     Plays the backend on RabbitMQ: takes requests from the request queue and
     replies to each one's C{reply_to} with its C{correlation_id}.
@@ -85,16 +101,13 @@ class AmqpBackend:
         rng: random.Random | None = None,
         prefetch: int = 200,
     ) -> None:
+        super().__init__(behaviour, rng)
         self._reactor = reactor
         self._url = url
         self._queue = queue
-        self._behaviour = behaviour
-        self._rng = rng or random.Random()
         self._prefetch = prefetch
-        self._answers: Counter[bytes] = Counter()
         self._protocol: Any = None
         self._channel: Any = None
-        self.counts: Counter[str] = Counter()
 
     async def start(self) -> None:
         """
@@ -147,8 +160,7 @@ class AmqpBackend:
         channel = self._channel
         if channel is None:
             return
-        self._answers[body] += 1
-        data = render(self._behaviour, body, self._answers[body], self._rng, self.counts)
+        data = self.render(body)
         try:
             channel.basic_publish(
                 exchange="",
@@ -163,24 +175,17 @@ class AmqpBackend:
         self.counts["answered"] += 1
 
     def stop(self) -> None:
-        channel, self._channel = self._channel, None
+        """
+        Stop replying and close the connection.
+        """
+        self._channel = None
         if self._protocol is not None and self._protocol.is_open:
             self._protocol.close()
-        del channel
-
-    def summary(self) -> str:
-        """
-        The counts as one line.
-        """
-        return summary(self.counts)
 
 
-class DirectoryBackend:
+class DirectoryBackend(_Answerer):
     """
     Scans a directory for requests and answers them after a delay.
-
-    @ivar counts: what it did, by kind: seen, answered, malformed, in_place,
-        ignored, withdrawn (gone before its answer was due).
     """
 
     def __init__(
@@ -191,15 +196,12 @@ class DirectoryBackend:
         poll_interval: float = 0.01,
         rng: random.Random | None = None,
     ) -> None:
+        super().__init__(behaviour, rng)
         self.directory = directory
         self._clock = clock
-        self._behaviour = behaviour
         self._poll_interval = poll_interval
-        self._rng = rng or random.Random()
         # key -> "pending" (answer scheduled), "answered" or "ignored"
         self._state: dict[str, str] = {}
-        self._answers: Counter[bytes] = Counter()
-        self.counts: Counter[str] = Counter()
         self._loop = LoopingCall(self.scan)
         self._loop.clock = clock
 
@@ -258,9 +260,8 @@ class DirectoryBackend:
             self.counts["withdrawn"] += 1
             return
         self._state[key] = "answered"
-        self._answers[line] += 1
         behaviour = self._behaviour
-        data = render(behaviour, line, self._answers[line], self._rng, self.counts)
+        data = self.render(line)
         target = self.directory / f"{key}.resp"
         try:
             if self._rng.random() < behaviour.in_place:
@@ -275,12 +276,6 @@ class DirectoryBackend:
             log.warn("cannot answer {key}: {error}", key=key, error=e.strerror)
             return
         self.counts["answered"] += 1
-
-    def summary(self) -> str:
-        """
-        The counts as one line, e.g. C{answered=3 seen=4}.
-        """
-        return summary(self.counts)
 
     def _write_in_place(self, target: Path, data: bytes) -> None:
         half = len(data) // 2

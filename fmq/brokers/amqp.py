@@ -79,6 +79,7 @@ class AmqpBroker(Service):
         import pika
 
         self._reactor = reactor
+        self._properties = pika.BasicProperties
         self._parameters = pika.URLParameters(url)
         # how this instance shows in RabbitMQ's management and rabbitmqctl
         self._parameters.client_properties = {"connection_name": f"fmq pid {os.getpid()}"}
@@ -138,9 +139,7 @@ class AmqpBroker(Service):
         if not self.available or self._channel is None:
             deferred.errback(BrokerUnavailable())
             return deferred
-        import pika
-
-        properties = pika.BasicProperties(
+        properties = self._properties(
             correlation_id=correlation_id,
             reply_to=REPLY_TO,
             delivery_mode=2,

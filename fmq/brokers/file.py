@@ -122,8 +122,6 @@ class FileBroker(Service):
         self._sent: dict[str, _Pending] = {}
         self._waiting: dict[str, deque[_Pending]] = {}
         self._cleaning: dict[str, _Cleanup] = {}
-        # identity (inode, mtime) of answers already delivered but not yet deleted
-        self._spent: dict[str, tuple[int, int]] = {}
         self._loops: list[LoopingCall] = []
         self._make_watcher = watcher
         self._watcher: Watcher | None = None
@@ -531,8 +529,6 @@ class FileBroker(Service):
             return
         if found is None or found.mtime_ns < pending.written_mtime_ns:
             return  # still being written, or a late answer to an older request
-        if self._spent.get(key) == (found.inode, found.mtime_ns):
-            return  # delivered before, not deleted yet
         if found.closed is None and not complete:
             identity = (found.inode, found.size, found.mtime_ns)
             now = self._clock.seconds()
@@ -546,8 +542,9 @@ class FileBroker(Service):
         request = pending.request
         del self._sent[request.key]
         self._cancel_expiry(pending)
-        self._spent[request.key] = (found.inode, found.mtime_ns)
-        # Deliver before deleting, for latency; the key stays busy meanwhile.
+        # Deliver before deleting, for latency. The key stays busy until its
+        # files are gone, and a busy key is never read: an answer that cannot
+        # be deleted is never delivered twice.
         cleanup = self._start_cleanup(request.key)
         try:
             response = parse_response(found.data)
@@ -616,5 +613,4 @@ class FileBroker(Service):
                 return
             cleanup.names.pop(0)
         del self._cleaning[cleanup.key]
-        self._spent.pop(cleanup.key, None)
         self._next(cleanup.key)
