@@ -127,6 +127,8 @@ async def test_undeletable_files(make_fmq, backends, tmp_path) -> None:
     first = fmq.get("/locked")
     await fmq.waiting(1)
     request = request_file(fmq, b"/locked")
+    # the backend skips a request already answered: let it see this one first
+    await eventually(lambda: len(backend.taken) == 1, "the backend to take the request")
     subprocess.run(["chattr", "+a", str(fmq.directory)], check=True)
     try:
         # an append-only folder takes new files but no renames: answer in place
