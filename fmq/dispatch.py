@@ -19,7 +19,13 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from fmq.errors import BrokerRequestFailed, CallerTimeout, OverCapacity, ShuttingDown
+from fmq.errors import (
+    BrokerFailed,
+    BrokerRequestFailed,
+    CallerTimeout,
+    OverCapacity,
+    ShuttingDown,
+)
 from fmq.interfaces import IBroker
 from fmq.keys import CallerRequest, CollapseKey
 from fmq.logs import debugging
@@ -141,8 +147,27 @@ class Dispatcher:
         joined = self._join(key, group)
         # The caller is in the group before the broker can answer, even at once.
         self.broker_requests += 1
-        self._broker.submit(group.request).addBoth(self._finish, key, group)
+        self._submit(group.request).addBoth(self._finish, key, group)
         return joined
+
+    def _submit(self, request: BrokerRequest) -> Deferred[BrokerResponse]:
+        """
+        Give C{request} to the broker. A broker whose C{submit} raises or
+        returns no Deferred has a bug: it is logged, and the request fails
+        with L{BrokerFailed} so that its group ends like any other.
+        """
+        try:
+            submitted = self._broker.submit(request)
+            if not isinstance(submitted, Deferred):
+                raise TypeError(f"submit returned {submitted!r}, not a Deferred")
+        except Exception:
+            self.log.failure(
+                "broker {broker} failed to take {request}",
+                broker=type(self._broker).__name__,
+                request=request.line,
+            )
+            return fail(BrokerFailed())
+        return submitted
 
     def close(self) -> None:
         """
@@ -220,6 +245,15 @@ class Dispatcher:
         """
         The broker request ended: hand its outcome to every caller of the group.
         """
+        if isinstance(result, Failure) and not result.check(BrokerRequestFailed):
+            self.log.failure(
+                "broker request {key} for {request} failed with an error brokers "
+                "must not give",
+                result,
+                key=group.request.key,
+                request=group.request.line,
+            )
+            result = Failure(BrokerFailed())
         if self._groups.get(key) is group:
             del self._groups[key]
         elapsed = self._clock.seconds() - group.started
