@@ -211,10 +211,24 @@ class Dispatcher:
                 group.timer.cancel()
             group.timer = None
 
+    def _arm(self, key: Hashable, group: _Group) -> None:
+        """
+        Set the group's timer to when its oldest caller times out.
+        """
+        self._stop_timer(group)
+        if group.callers:
+            first = next(iter(group.callers.values()))
+            delay = max(0.0, first + self._timeout - self._clock.seconds())
+            group.timer = self._clock.callLater(delay, self._time_out, key, group)
+
     def _time_out(self, key: Hashable, group: _Group) -> None:
         """
         Answer 504 to the callers of C{group} who have waited C{request_timeout},
         then wait for the next one's turn.
+
+        Answering a caller can run anything at once (a pipelined request on the
+        same connection may join this group, another caller may leave, the
+        broker may answer): the timer is set from the callers left at the end.
         """
         group.timer = None
         now = self._clock.seconds()
@@ -224,6 +238,8 @@ class Dispatcher:
                 break
             expired.append(deferred)
         for deferred in expired:
+            if deferred not in group.callers:
+                continue  # answered or gone while an earlier one was answered
             self.caller_timeouts += 1
             self.errors[CallerTimeout.kind] += 1
             self.log.info(
@@ -235,11 +251,7 @@ class Dispatcher:
             self._leave(key, group, deferred)
             self._observer.caller_answered(self._timeout)
             deferred.errback(CallerTimeout())
-        if group.callers and group.timer is None:
-            first = next(iter(group.callers.values()))
-            group.timer = self._clock.callLater(
-                max(0.0, first + self._timeout - now), self._time_out, key, group
-            )
+        self._arm(key, group)
 
     def _finish(self, result: BrokerResponse | Failure, key: Hashable, group: _Group) -> None:
         """
@@ -273,17 +285,20 @@ class Dispatcher:
 
     def _hand_out(self, group: _Group, result: BrokerResponse | Failure) -> None:
         """
-        Give C{result} to every caller of C{group}.
+        Give C{result} to every caller of C{group}. The group is emptied first
+        and is no longer in the map: a caller who comes while it is handed out
+        (re-entrantly, from another caller's callback) makes a new group.
         """
         self._stop_timer(group)
         callers, group.callers = group.callers, {}
         self.callers_waiting -= len(callers)
-        if isinstance(result, Failure) and callers:
-            self.errors[getattr(result.value, "kind", "internal")] += len(callers)
         now = self._clock.seconds()
         for deferred, came in callers.items():
+            if deferred.called:
+                continue  # cancelled while an earlier caller was answered
             self._observer.caller_answered(now - came)
             if isinstance(result, Failure):
+                self.errors[getattr(result.value, "kind", "internal")] += 1
                 deferred.errback(result)
             else:
                 deferred.callback(result)

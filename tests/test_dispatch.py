@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from fmq.dispatch import Dispatcher
@@ -363,3 +364,64 @@ class BrokenBrokerTests(SynchronousTestCase):
         """
         self.check(fail(KeyError("bug")), KeyError)
 
+
+class ReentrancyTests(DispatcherMixin, SynchronousTestCase):
+    """
+    Answering a caller can synchronously run code that joins or leaves the
+    same group (HTTP pipelining: the next request on that connection is
+    parsed at once); the dispatcher's bookkeeping survives it.
+    """
+
+    def test_join_while_timing_out_keeps_the_oldest_callers_timer(self) -> None:
+        """
+        A caller joining from a timed-out caller's errback does not delay
+        the timeout of those who waited longer.
+        """
+        dispatcher = self.dispatcher()
+        pipelined: list[Deferred[BrokerResponse]] = []
+        first = dispatcher.handle(caller())
+        first.addErrback(lambda f: pipelined.append(dispatcher.handle(caller())))
+        self.clock.advance(30)
+        second = dispatcher.handle(caller())
+        self.clock.advance(30)
+        self.assertEqual(len(pipelined), 1)
+        self.assertNoResult(second)
+        self.clock.advance(30)
+        self.failureResultOf(second, CallerTimeout)
+        self.assertNoResult(pipelined[0])
+        self.clock.advance(30)
+        self.failureResultOf(pipelined[0], CallerTimeout)
+        self.assertEqual(len(self.broker.sent), 1)
+        self.assertEqual(dispatcher.callers_waiting, 0)
+
+    def test_leave_while_timing_out(self) -> None:
+        """
+        A caller cancelled from another's timeout errback, when both time out
+        together, ends once (cancelled), and the counts stay right.
+        """
+        dispatcher = self.dispatcher()
+        first = dispatcher.handle(caller())
+        second = dispatcher.handle(caller())
+        ended: list[Failure] = []
+        first.addErrback(lambda f: (ended.append(f), second.cancel()))
+        self.clock.advance(TIMEOUT)
+        self.assertEqual([f.type for f in ended], [CallerTimeout])
+        self.failureResultOf(second, CancelledError)
+        self.assertEqual(dispatcher.callers_waiting, 0)
+        self.assertEqual(dispatcher.caller_timeouts, 1)
+
+    def test_leave_while_answered(self) -> None:
+        """
+        A caller cancelled from another's errback while an error is handed
+        out ends once (cancelled) and is not counted as answered with it.
+        """
+        dispatcher = self.dispatcher()
+        first = dispatcher.handle(caller())
+        second = dispatcher.handle(caller())
+        ended: list[Failure] = []
+        first.addErrback(lambda f: (ended.append(f), second.cancel()))
+        self.broker.respond(self.broker.sent[0], b"nonsense")
+        self.assertEqual([f.type for f in ended], [MalformedResponse])
+        self.failureResultOf(second, CancelledError)
+        self.assertEqual(dispatcher.callers_waiting, 0)
+        self.assertEqual(dict(dispatcher.errors), {"malformed": 1})
