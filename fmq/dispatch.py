@@ -259,8 +259,7 @@ class Dispatcher:
         """
         if isinstance(result, Failure) and not result.check(BrokerRequestFailed):
             self.log.failure(
-                "broker request {key} for {request} failed with an error brokers "
-                "must not give",
+                "broker request {key} for {request} failed with an error brokers must not give",
                 result,
                 key=group.request.key,
                 request=group.request.line,
