@@ -9,6 +9,7 @@ paused by back-pressure is in neither its readers nor its writers.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import partial
 
 from twisted.internet.protocol import connectionDone
@@ -52,6 +53,9 @@ class Connections:
     def __len__(self) -> int:
         return len(self._open)
 
+    def __iter__(self) -> Iterator[HTTPChannel]:
+        return iter(list(self._open))
+
     def close_idle(self) -> int:
         """
         Close every connection that is not answering a request (idle between
@@ -62,7 +66,7 @@ class Connections:
 
         @return: how many connections are still open, closing or answering.
         """
-        for channel in list(self._open):
+        for channel in self:
             if not channel.requests and not getattr(channel.transport, "disconnecting", False):
                 channel.loseConnection()
         return len(self._open)
