@@ -216,7 +216,7 @@ async def test_sigterm_lets_a_slow_reader_have_its_whole_answer(make_fmq) -> Non
     await eventually(lambda: reader.received >= 1 << 20, "the first megabyte")
 
     fmq.process.send_signal(signal.SIGTERM)
-    await eventually(lambda: "stopping:" in fmq.log_text(), "fmq to begin its stop")
+    await eventually(lambda: "stopping: answered" in fmq.log_text(), "the drain to begin")
     reader.go.set()
     assert await fmq.exited() == 0
     await eventually(lambda: reader.done, "the reader to finish")
