@@ -10,7 +10,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import signal
 import stat
+import sys
 from pathlib import Path
 
 import attrs
@@ -19,6 +21,14 @@ from fmq.brokers.layout import temporary_name
 
 #: errno values that mean this process is short of descriptors.
 OVERLOAD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+
+# Linux's F_SETSIG; some Pythons' fcntl module does not name it.
+_F_SETSIG: int | None = getattr(fcntl, "F_SETSIG", 10 if sys.platform == "linux" else None)
+
+#: The signal a broken lease sends fmq. Linux sends SIGIO by default, whose
+#: default action ends the process; SIGURG's is to ignore it, and fmq never
+#: asks for out-of-band data, the only other reason it is sent.
+LEASE_SIGNAL = signal.SIGURG
 
 
 @attrs.frozen
@@ -75,7 +85,10 @@ class FileSystem:
 
         A read lease is refused (C{EAGAIN}) while any process has the file
         open for writing; that is how a backend writing in place is told
-        apart from one that has finished.
+        apart from one that has finished. A process opening the file for
+        writing while fmq holds the lease breaks it: its signal is routed to
+        L{LEASE_SIGNAL} first, and the lease is given back as soon as the
+        file is read.
 
         @return: the file, or C{None} while it is open for writing.
         @raise FileNotFoundError: there is no such file.
@@ -84,6 +97,10 @@ class FileSystem:
         try:
             closed: bool | None = True
             try:
+                if _F_SETSIG is None:
+                    raise OSError(errno.EINVAL, "no F_SETSIG here")
+                # without the signal routed, a broken lease would end fmq
+                fcntl.fcntl(fd, _F_SETSIG, LEASE_SIGNAL)
                 fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
             except OSError as e:
                 if e.errno == errno.EAGAIN:
@@ -96,7 +113,10 @@ class FileSystem:
                     chunks.append(chunk)
             finally:
                 if closed:
-                    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+                    try:
+                        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+                    except OSError:
+                        pass  # broken and gone already; the close releases it anyway
             return ResponseFile(b"".join(chunks), st.st_ino, st.st_size, st.st_mtime_ns, closed)
         finally:
             os.close(fd)
