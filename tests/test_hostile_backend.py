@@ -78,3 +78,23 @@ async def test_reopening_an_answer_never_kills_fmq(make_fmq) -> None:
     (fmq.directory / "done.tmp").write_bytes(b"200\nstill here")
     os.rename(fmq.directory / "done.tmp", request.with_suffix(".resp"))
     assert await answers(calls) == [(200, b"still here")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_symlinked_answer_is_502(make_fmq, tmp_path) -> None:
+    """
+    An answer that is a symbolic link gives 502 at once, not a wait for the
+    timeout; the link is removed and its target left as it was.
+    """
+    fmq = await make_fmq(http={"request_timeout": 30})
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"200\nnot for callers")
+    os.utime(target, (1, 1))  # older than the request, as a link's target may be
+    calls = [fmq.get("/linked")]
+    await fmq.waiting(1)
+    [request] = list(fmq.directory.glob("*.req"))
+    os.symlink(target, request.with_suffix(".resp"))
+    assert [code for code, _ in await answers(calls)] == [502]
+    await eventually(lambda: fmq.files() == [], "the link and the request to go")
+    assert target.read_bytes() == b"200\nnot for callers"
+    assert "symbolic link" in fmq.log_text()

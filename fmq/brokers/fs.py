@@ -8,44 +8,17 @@ can make any of them fail on demand.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import signal
 import stat
-import sys
 from pathlib import Path
 
-import attrs
-
 from fmq.brokers.layout import temporary_name
+from fmq.brokers.reader import ResponseFile, read_answer
+
+__all__ = ["OVERLOAD_ERRNOS", "FileSystem", "ResponseFile"]
 
 #: errno values that mean this process is short of descriptors.
 OVERLOAD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
-
-# Linux's F_SETSIG; some Pythons' fcntl module does not name it.
-_F_SETSIG: int | None = getattr(fcntl, "F_SETSIG", 10 if sys.platform == "linux" else None)
-
-#: The signal a broken lease sends fmq. Linux sends SIGIO by default, whose
-#: default action ends the process; SIGURG's is to ignore it, and fmq never
-#: asks for out-of-band data, the only other reason it is sent.
-LEASE_SIGNAL = signal.SIGURG
-
-
-@attrs.frozen
-class ResponseFile:
-    """
-    A response file as read, with its identity.
-
-    @ivar closed: C{True} when no process had the file open for writing as it
-        was read; C{None} when that cannot be known here (no lease rights), so
-        the caller must wait for the file to settle instead.
-    """
-
-    data: bytes
-    inode: int
-    size: int
-    mtime_ns: int
-    closed: bool | None
 
 
 class FileSystem:
@@ -79,55 +52,24 @@ class FileSystem:
             raise
         return mtime_ns
 
-    def read_response(self, path: Path) -> ResponseFile | None:
+    def read_response(self, path: Path, max_bytes: int | None = None) -> ResponseFile | None:
         """
-        Read a response file, unless a process still has it open for writing.
-
-        A read lease is refused (C{EAGAIN}) while any process has the file
-        open for writing; that is how a backend writing in place is told
-        apart from one that has finished. A process opening the file for
-        writing while fmq holds the lease breaks it: its signal is routed to
-        L{LEASE_SIGNAL} first, and the lease is given back as soon as the
-        file is read.
-
-        @return: the file, or C{None} while it is open for writing.
-        @raise FileNotFoundError: there is no such file.
+        Read a response file, unless a process still has it open for writing;
+        see L{read_answer}.
         """
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            closed: bool | None = True
-            try:
-                if _F_SETSIG is None:
-                    raise OSError(errno.EINVAL, "no F_SETSIG here")
-                # without the signal routed, a broken lease would end fmq
-                fcntl.fcntl(fd, _F_SETSIG, LEASE_SIGNAL)
-                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-            except OSError as e:
-                if e.errno == errno.EAGAIN:
-                    return None
-                closed = None
-            try:
-                st = os.fstat(fd)
-                chunks = []
-                while chunk := os.read(fd, max(st.st_size, 65536)):
-                    chunks.append(chunk)
-            finally:
-                if closed:
-                    try:
-                        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-                    except OSError:
-                        pass  # broken and gone already; the close releases it anyway
-            return ResponseFile(b"".join(chunks), st.st_ino, st.st_size, st.st_mtime_ns, closed)
-        finally:
-            os.close(fd)
+        return read_answer(path, max_bytes)
 
     def unlink(self, path: Path) -> None:
         """
-        Delete C{path}.
+        Delete C{path}: a file, a link (never its target), or an empty
+        directory a backend made where an answer should be.
 
         @raise OSError: it could not be deleted (C{FileNotFoundError} if absent).
         """
-        os.unlink(path)
+        try:
+            os.unlink(path)
+        except IsADirectoryError:
+            os.rmdir(path)
 
     def probe(self, directory: Path) -> OSError | None:
         """
