@@ -98,3 +98,23 @@ async def test_symlinked_answer_is_502(make_fmq, tmp_path) -> None:
     await eventually(lambda: fmq.files() == [], "the link and the request to go")
     assert target.read_bytes() == b"200\nnot for callers"
     assert "symbolic link" in fmq.log_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_answer_is_502(make_fmq) -> None:
+    """
+    An answer over C{max_answer_bytes} gives 502, its files are removed, and
+    one warning names its key and why.
+    """
+    fmq = await make_fmq(broker={"max_answer_bytes": 1000})
+    calls = [fmq.get("/big")]
+    await fmq.waiting(1)
+    [request] = list(fmq.directory.glob("*.req"))
+    temp = fmq.directory / "big.tmp"
+    temp.write_bytes(b"200\n" + b"x" * 5000)
+    os.rename(temp, request.with_suffix(".resp"))
+    assert [code for code, _ in await answers(calls)] == [502]
+    await eventually(lambda: fmq.files() == [], "the files to go")
+    [line] = [line for line in fmq.log_text().splitlines() if "#warn]" in line]
+    assert request.stem in line
+    assert "5004 bytes, more than max_answer_bytes (1000)" in line
