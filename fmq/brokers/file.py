@@ -128,6 +128,7 @@ class FileBroker(Service):
         self._loops: list[LoopingCall] = []
         self._make_watcher = watcher
         self._watcher: Watcher | None = None
+        self._watch_failed = False
         self.available = False
         self.delete_retries = 0
         self._taken = False  # directory created, locked and swept
@@ -474,12 +475,18 @@ class FileBroker(Service):
         try:
             watcher.start()
         except OSError as e:
-            self.log.warn(
-                "cannot watch {directory} ({error}); relying on the scan",
-                directory=str(self.directory),
-                error=e.strerror or str(e),
-            )
+            if not self._watch_failed:  # once, not at every return of the directory
+                self.log.warn(
+                    "cannot watch {directory} ({error}); relying on the scan",
+                    directory=str(self.directory),
+                    error=e.strerror or str(e),
+                )
+            self._watch_failed = True
             return
+        except Exception:
+            self.log.failure("unexpected error watching {directory}", directory=str(self.directory))
+            return
+        self._watch_failed = False
         self._watcher = watcher
 
     def _disarm(self) -> None:
