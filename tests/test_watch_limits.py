@@ -180,3 +180,41 @@ class LimitTests(SynchronousTestCase):
         self.reactor.advance(CHECK)
         self.assertEqual(len(self.warnings()), 2)
         self.assertTrue(self.broker.available)
+
+
+class BrokenWatcher:
+    """
+    A watcher with a bug: it cannot start.
+    """
+
+    def __init__(self, directory: Path, on_file: Any) -> None:
+        pass
+
+    def start(self) -> None:
+        raise RuntimeError("a bug in a watcher")
+
+    def stop(self) -> None:
+        pass
+
+
+class BrokenWatcherTests(SynchronousTestCase):
+    """
+    A watcher's bug is logged as one, and never makes the broker unavailable.
+    """
+
+    def test_bug_at_start(self) -> None:
+        """
+        The broker starts, is available and answers by its scan.
+        """
+        clock = MemoryReactorClock()
+        directory = Path(self.mktemp())
+        broker = file_broker(directory, clock, watcher=BrokenWatcher)
+        broker.startService()
+        self.addCleanup(broker.stopService)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertTrue(broker.available)
+        request = BrokerRequest.of(b"GET", b"/x")
+        answer = broker.submit(request)
+        FileBackend(directory, clock).answer(request, b"200\nscanned")
+        clock.advance(POLL)
+        self.assertEqual(self.successResultOf(answer).body, b"scanned")
