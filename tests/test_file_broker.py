@@ -56,9 +56,9 @@ class FaultyFileSystem(FileSystem):
         super().unlink(path)
         self.unlinked.append(path.name)
 
-    def read_response(self, path: Path) -> ResponseFile | None:
+    def read_response(self, path: Path, max_bytes: int | None = None) -> ResponseFile | None:
         self._fault("read")
-        found = super().read_response(path)
+        found = super().read_response(path, max_bytes)
         if found is not None and self.closed is None:
             return ResponseFile(found.data, found.inode, found.size, found.mtime_ns, None)
         return found
@@ -294,7 +294,7 @@ class FileBrokerTests(SynchronousTestCase):
         answer = self.broker.submit(request)
         self.backend.answer(request, b"200\nok")
         original = self.fs.read_response
-        self.fs.read_response = lambda path: 1 / 0
+        self.fs.read_response = lambda path, max_bytes: 1 / 0
         self.backend.deliver()
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.fs.read_response = original
@@ -422,7 +422,7 @@ class FileBrokerTests(SynchronousTestCase):
             (self.directory / f"{n:032x}.resp").write_bytes(b"200\n")
         reads: list[Path] = []
         original = self.fs.read_response
-        self.fs.read_response = lambda path: reads.append(path) or original(path)
+        self.fs.read_response = lambda path, max_bytes: reads.append(path) or original(path)
         self.backend.deliver()
         self.assertEqual(reads, [])
         self.broker.submit(BrokerRequest.of(b"GET", b"/x")).addErrback(lambda f: None)
@@ -615,7 +615,9 @@ class WatchTests(SynchronousTestCase):
         self.backend = FileBackend(self.directory, self.clock)
         self.reads: list[str] = []
         original = self.fs.read_response
-        self.fs.read_response = lambda path: self.reads.append(path.name) or original(path)
+        self.fs.read_response = lambda path, max_bytes: (
+            self.reads.append(path.name) or original(path, max_bytes)
+        )
 
     def make(self, directory: Path, on_file) -> FakeWatcher:
         watcher = FakeWatcher(directory, on_file, self.fail_watch)

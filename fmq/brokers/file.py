@@ -47,7 +47,6 @@ from fmq.protocol import (
     BrokerResponse,
     decode_request,
     encode_request,
-    parse_response,
 )
 
 
@@ -103,10 +102,13 @@ class FileBroker(Service):
         settle_time: float,
         delete_retry_max: float,
         check_interval: float = 0.5,
+        max_answer_bytes: int | None = None,
         fs: FileSystem | None = None,
         watcher: WatcherFactory | None = None,
     ) -> None:
         """
+        @param max_answer_bytes: a larger answer is refused (502) unread;
+            C{None}: no cap.
         @param watcher: makes the watcher that tells of files as they arrive;
             C{None} to rely on the scan alone.
         """
@@ -117,6 +119,7 @@ class FileBroker(Service):
         self._ttl = request_ttl
         self._settle_time = settle_time
         self._delete_retry_max = delete_retry_max
+        self._max_answer_bytes = max_answer_bytes
         self._fs = fs if fs is not None else FileSystem()
         self._lock = DirectoryLock(self.directory)
         self._sent: dict[str, _Pending] = {}
@@ -125,6 +128,7 @@ class FileBroker(Service):
         self._loops: list[LoopingCall] = []
         self._make_watcher = watcher
         self._watcher: Watcher | None = None
+        self._watch_failed = False
         self.available = False
         self.delete_retries = 0
         self._taken = False  # directory created, locked and swept
@@ -471,12 +475,18 @@ class FileBroker(Service):
         try:
             watcher.start()
         except OSError as e:
-            self.log.warn(
-                "cannot watch {directory} ({error}); relying on the scan",
-                directory=str(self.directory),
-                error=e.strerror or str(e),
-            )
+            if not self._watch_failed:  # once, not at every return of the directory
+                self.log.warn(
+                    "cannot watch {directory} ({error}); relying on the scan",
+                    directory=str(self.directory),
+                    error=e.strerror or str(e),
+                )
+            self._watch_failed = True
             return
+        except Exception:
+            self.log.failure("unexpected error watching {directory}", directory=str(self.directory))
+            return
+        self._watch_failed = False
         self._watcher = watcher
 
     def _disarm(self) -> None:
@@ -524,7 +534,9 @@ class FileBroker(Service):
         if self._sent.get(key) is not pending:
             return
         try:
-            found = self._fs.read_response(self.directory / response_name(key))
+            found = self._fs.read_response(
+                self.directory / response_name(key), self._max_answer_bytes
+            )
         except FileNotFoundError:
             return
         if found is None or found.mtime_ns < pending.written_mtime_ns:
@@ -547,7 +559,7 @@ class FileBroker(Service):
         # be deleted is never delivered twice.
         cleanup = self._start_cleanup(request.key)
         try:
-            response = parse_response(found.data)
+            response = found.response()
         except MalformedResponse as e:
             self.log.warn(
                 "malformed response in {key}.resp for {request}: {error}",
