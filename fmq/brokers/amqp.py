@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any
+from typing import Any, Callable, Tuple
 
 import attrs
 from twisted.application.service import Service
@@ -37,6 +37,8 @@ from fmq.logs import debugging
 from fmq.protocol import BrokerRequest, BrokerResponse, encode_request, parse_response
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+#: starts a connection: the protocol, and a Deferred that fires once it is ready
+Dial = Callable[[], Tuple[Any, "Deferred[Any]"]]
 #: the header that carries the md5 broker key
 KEY_HEADER = "fmq-key"
 
@@ -75,7 +77,12 @@ class AmqpBroker(Service):
         request_ttl: float,
         connect_timeout: float = 10.0,
         reconnect_max: float = 10.0,
+        dial: Dial | None = None,
     ) -> None:
+        """
+        @param dial: how to connect (for tests); by default TCP to the host
+            and port of C{url}, with pika's Twisted adapter.
+        """
         import pika
 
         self._reactor = reactor
@@ -87,6 +94,7 @@ class AmqpBroker(Service):
         self._ttl = request_ttl
         self._connect_timeout = connect_timeout
         self._reconnect_max = reconnect_max
+        self._dial = dial or self._dial_tcp
         self._outstanding: dict[str, _Outstanding] = {}
         self._channel: Any = None
         self._connection: Any = None
@@ -180,11 +188,9 @@ class AmqpBroker(Service):
 
     # -- connecting
 
-    def _connect(self) -> None:
+    def _dial_tcp(self) -> tuple[Any, Deferred[Any]]:
         from pika.adapters.twisted_connection import TwistedProtocolConnection
 
-        self._generation += 1
-        generation = self._generation
         protocol = TwistedProtocolConnection(self._parameters)
         ready = protocol.ready  # it is set to None once it fires
         endpoint = TCP4ClientEndpoint(
@@ -195,6 +201,12 @@ class AmqpBroker(Service):
         )
         connected = connectProtocol(endpoint, protocol)
         connected.addCallback(lambda _: ready)
+        return protocol, connected
+
+    def _connect(self) -> None:
+        self._generation += 1
+        generation = self._generation
+        protocol, connected = self._dial()
         connected.addTimeout(self._connect_timeout, self._reactor)
         connected.addCallback(lambda _: Deferred.fromCoroutine(self._set_up(protocol, generation)))
         connected.addErrback(self._connect_failed, protocol, generation)
