@@ -96,6 +96,8 @@ class AmqpBroker(Service):
         self._reconnect_max = reconnect_max
         self._dial = dial or self._dial_tcp
         self._outstanding: dict[str, _Outstanding] = {}
+        # request.id -> its correlation ids, so withdraw finds them at once
+        self._by_request: dict[int, set[str]] = {}
         self._channel: Any = None
         self._connection: Any = None
         self._generation = 0
@@ -156,6 +158,7 @@ class AmqpBroker(Service):
         )
         expiry = self._reactor.callLater(self._ttl, self._expire, correlation_id)
         self._outstanding[correlation_id] = _Outstanding(request, deferred, expiry)
+        self._by_request.setdefault(request.id, set()).add(correlation_id)
         try:
             published = self._channel.basic_publish(
                 exchange="",
@@ -179,8 +182,8 @@ class AmqpBroker(Service):
         return deferred
 
     def withdraw(self, request: BrokerRequest) -> None:
-        for correlation_id, outstanding in list(self._outstanding.items()):
-            if outstanding.request is request:
+        for correlation_id in list(self._by_request.get(request.id, ())):
+            if self._outstanding[correlation_id].request is request:
                 self._end(correlation_id, Withdrawn())
 
     def in_flight(self) -> int:
@@ -309,13 +312,11 @@ class AmqpBroker(Service):
             self._reply(properties.correlation_id, body)
 
     def _reply(self, correlation_id: str | None, body: bytes) -> None:
-        outstanding = self._outstanding.pop(correlation_id or "", None)
+        outstanding = self._forget(correlation_id or "")
         if outstanding is None:
             self.dropped_replies += 1
             self.log.info("dropped a reply with unknown id {id}", id=correlation_id)
             return
-        if outstanding.expiry.active():
-            outstanding.expiry.cancel()
         try:
             response = parse_response(body)
         except MalformedResponse as e:
@@ -356,8 +357,14 @@ class AmqpBroker(Service):
 
     def _forget(self, correlation_id: str) -> _Outstanding | None:
         outstanding = self._outstanding.pop(correlation_id, None)
-        if outstanding is not None and outstanding.expiry.active():
+        if outstanding is None:
+            return None
+        if outstanding.expiry.active():
             outstanding.expiry.cancel()
+        ids = self._by_request[outstanding.request.id]
+        ids.discard(correlation_id)
+        if not ids:
+            del self._by_request[outstanding.request.id]
         return outstanding
 
     def _end(self, correlation_id: str, error: BrokerRequestFailed) -> None:
