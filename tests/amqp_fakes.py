@@ -6,7 +6,8 @@ RabbitMQ would drive them.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pika.spec
 from pika.adapters.twisted_connection import ClosableDeferredQueue

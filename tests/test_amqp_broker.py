@@ -17,7 +17,7 @@ from twisted.protocols.portforward import ProxyFactory
 from twisted.trial.unittest import SynchronousTestCase
 
 from fmq.brokers.amqp import AmqpBroker
-from fmq.errors import BrokerUnavailable, ShuttingDown, Withdrawn
+from fmq.errors import BrokerUnavailable, Withdrawn
 from fmq.protocol import BrokerRequest, BrokerResponse
 from tests.amqp_fakes import FakeRabbit
 from tests.contract import AMQP_URL, AmqpDriver
@@ -101,6 +101,72 @@ class AmqpBrokerTests(SynchronousTestCase):
             self.successResultOf(answer)
         self.assertEqual(self.broker.in_flight(), 0)
         self.assertEqual(self.broker.dropped_replies, 0)
+
+    def published_and_confirmed(self, count: int) -> list:
+        """
+        C{count} requests published and confirmed by RabbitMQ: in flight.
+        """
+        answers = [self.submit(b"/%d" % n)[1] for n in range(count)]
+        for _, _, confirmed in self.rabbit.channel.published:
+            confirmed.callback(None)
+        return answers
+
+    def assert_lost_and_back(self, answers: list, reason: str) -> None:
+        """
+        The requests in flight failed with 503 at once, the loss was logged
+        once with C{reason}, and half a second later a new connection serves.
+        """
+        for answer in answers:
+            self.failureResultOf(answer, BrokerUnavailable)
+        self.assertFalse(self.broker.available)
+        self.assertEqual(self.broker.in_flight(), 0)
+        [event] = self.logged("is unavailable")
+        self.assertIn(reason, event["reason"])
+        old = self.rabbit.connection
+        self.assertFalse(old.is_open)
+        self.clock.advance(0.5)
+        self.assertEqual(len(self.rabbit.connections), 2)
+        self.assertTrue(self.broker.available)
+        _, answer = self.submit(b"/after")
+        [(properties, _, _)] = self.rabbit.channel.published
+        self.rabbit.channel.reply(properties, b"200\nback")
+        self.assertEqual(self.successResultOf(answer).body, b"back")
+        self.assertEqual(self.rabbit.connections[0].channels[0].published[-1][1], b"GET /2\n")
+
+    def test_channel_closed_by_server(self) -> None:
+        """
+        A channel that RabbitMQ closes on its own is a lost connection: 503 at
+        once to what is in flight, unavailable, then a new connection.
+        """
+        answers = self.published_and_confirmed(3)
+        self.rabbit.channel.close_by_server(404, "NOT_FOUND - no queue 'x'")
+        self.assert_lost_and_back(answers, "404 NOT_FOUND")
+
+    def test_reply_consumer_cancelled(self) -> None:
+        """
+        RabbitMQ cancelling the reply consumer (no replies can come any more)
+        is a lost connection too.
+        """
+        answers = self.published_and_confirmed(3)
+        self.rabbit.channel.cancel_consumer()
+        self.assert_lost_and_back(answers, "cancelled the reply consumer")
+
+    def test_connection_closed_by_server(self) -> None:
+        """
+        A connection RabbitMQ closes is handled once, its reason logged.
+        """
+        answers = self.published_and_confirmed(3)
+        self.rabbit.connection.close_by_server(320, "CONNECTION_FORCED - fmq test")
+        self.assert_lost_and_back(answers, "320 CONNECTION_FORCED")
+
+    def test_unconfirmed_requests_on_channel_loss(self) -> None:
+        """
+        Requests not yet confirmed when the channel closes fail with 503,
+        and the loss is still logged once.
+        """
+        answers = [self.submit(b"/%d" % n)[1] for n in range(3)]
+        self.rabbit.channel.close_by_server()
+        self.assert_lost_and_back(answers, "406 PRECONDITION_FAILED")
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import Any, Callable, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 from twisted.application.service import Service
@@ -38,7 +39,7 @@ from fmq.protocol import BrokerRequest, BrokerResponse, encode_request, parse_re
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 #: starts a connection: the protocol, and a Deferred that fires once it is ready
-Dial = Callable[[], Tuple[Any, "Deferred[Any]"]]
+Dial = Callable[[], tuple[Any, "Deferred[Any]"]]
 #: the header that carries the md5 broker key
 KEY_HEADER = "fmq-key"
 
@@ -62,7 +63,6 @@ class AmqpBroker(Service):
     """
     A broker over RabbitMQ (AMQP 0-9-1), with pika's Twisted adapter.
 
-    @ivar available: C{True} while connected, with the channel set up.
     @ivar dropped_replies: replies with an unknown or already answered id.
     """
 
@@ -105,8 +105,14 @@ class AmqpBroker(Service):
         self._reconnect: IDelayedCall | None = None
         self._stopping = False
         self._down_logged = False
-        self.available = False
         self.dropped_replies = 0
+
+    @property
+    def available(self) -> bool:
+        """
+        C{True} while connected, with the channel and the reply consumer set up.
+        """
+        return self._channel is not None
 
     # -- the service
 
@@ -127,7 +133,7 @@ class AmqpBroker(Service):
         if self._reconnect is not None and self._reconnect.active():
             self._reconnect.cancel()
         self._fail_all(ShuttingDown())
-        self.available = False
+        self._channel = None
         connection, self._connection = self._connection, None
         if connection is not None and connection.is_open:
             closed = connection.closed
@@ -146,7 +152,7 @@ class AmqpBroker(Service):
         if not self.running:
             deferred.errback(ShuttingDown())
             return deferred
-        if not self.available or self._channel is None:
+        if not self.available:
             deferred.errback(BrokerUnavailable())
             return deferred
         properties = self._properties(
@@ -225,8 +231,8 @@ class AmqpBroker(Service):
         self._connection = protocol
         self._channel = channel
         self._watch_close(protocol, generation)
+        channel.on_closed.addCallback(lambda reason: self._lost(generation, _describe(reason)))
         self._attempt = 0
-        self.available = True
         self._down_logged = False
         self.log.info(
             "connected to RabbitMQ at {host}:{port}; requests go to queue {queue}",
@@ -243,18 +249,15 @@ class AmqpBroker(Service):
         """
         import pika.spec
 
-        reason: dict[str, str] = {}
-
         def closed_by_broker(frame: Any) -> None:
             method = frame.method
-            reason["text"] = f"{method.reply_code} {method.reply_text}"
+            reason = f"connection closed by RabbitMQ: {method.reply_code} {method.reply_text}"
+            self._lost(generation, reason, close=False)  # pika closes it
 
         impl = getattr(protocol, "_impl", None)
         if impl is not None:
             impl.callbacks.add(0, pika.spec.Connection.Close, closed_by_broker)
-        protocol.closed.addBoth(
-            lambda error: self._lost(generation, reason.get("text") or repr(error))
-        )
+        protocol.closed.addBoth(lambda error: self._lost(generation, _describe(error)))
 
     def _connect_failed(self, failure: Any, protocol: Any, generation: int) -> None:
         if generation != self._generation:
@@ -265,24 +268,33 @@ class AmqpBroker(Service):
             pass
         self._down(f"cannot connect: {failure.getErrorMessage() or failure.type.__name__}")
 
-    def _lost(self, generation: int, reason: str) -> None:
+    def _lost(self, generation: int, reason: str, close: bool = True) -> None:
+        """
+        The connection, its channel or the reply consumer is gone: whichever
+        is noticed first ends this connection, once.
+
+        @param close: close the connection if it is still open.
+        """
         if generation != self._generation:
             return
         self._generation += 1  # anything from the old connection is stale now
         self._channel = None
-        self._connection = None
+        connection, self._connection = self._connection, None
+        if close and connection is not None and connection.is_open:
+            try:
+                connection.close()  # a channel alone is gone: start afresh
+            except Exception:
+                pass
         if self._stopping:
             return
-        self._down(f"connection lost: {reason}")
+        self._down(reason)
 
     def _down(self, reason: str) -> None:
         """
         Not connected: fail what is in flight (its replies can no longer come),
         and try again after a capped backoff.
         """
-        was_up = self.available
-        self.available = False
-        if was_up or not self._down_logged:
+        if not self._down_logged:
             self.log.error(
                 "RabbitMQ at {host}:{port} is unavailable: {reason}",
                 host=self._parameters.host,
@@ -307,8 +319,9 @@ class AmqpBroker(Service):
         while generation == self._generation:
             try:
                 _, _, properties, body = await replies.get()
-            except Exception:
-                return  # the queue is closed with the channel
+            except Exception as e:  # closed with the channel, or cancelled
+                self._lost(generation, _describe(e))
+                return
             self._reply(properties.correlation_id, body)
 
     def _reply(self, correlation_id: str | None, body: bytes) -> None:
@@ -333,12 +346,16 @@ class AmqpBroker(Service):
     # -- ending a request
 
     def _not_confirmed(self, failure: Any, correlation_id: str) -> None:
+        from pika.exceptions import NackError, UnroutableError
+
         if correlation_id in self._outstanding:
-            self.log.warn(
-                "request {id} was not confirmed by RabbitMQ: {error}",
-                id=correlation_id,
-                error=failure.type.__name__,
-            )
+            if failure.check(NackError, UnroutableError):
+                self.log.warn(
+                    "request {id} was not confirmed by RabbitMQ: {error}",
+                    id=correlation_id,
+                    error=failure.type.__name__,
+                )
+            # else the channel is gone, which is logged once for all
             self._end(correlation_id, BrokerUnavailable())
 
     def _expire(self, correlation_id: str) -> None:
@@ -375,3 +392,19 @@ class AmqpBroker(Service):
     def _fail_all(self, error: BrokerRequestFailed) -> None:
         for correlation_id in list(self._outstanding):
             self._end(correlation_id, error)
+
+
+def _describe(error: Any) -> str:
+    """
+    Why a channel or its reply consumer ended, for the log.
+    """
+    from pika.exceptions import ChannelClosed, ConnectionClosed, ConsumerCancelled
+
+    error = getattr(error, "value", error)  # a Failure
+    if isinstance(error, ConsumerCancelled):
+        return "RabbitMQ cancelled the reply consumer"
+    if isinstance(error, ChannelClosed):
+        return f"channel closed: {error.reply_code} {error.reply_text}"
+    if isinstance(error, ConnectionClosed):
+        return f"connection closed: {error.reply_code} {error.reply_text}"
+    return f"connection lost: {error!r}"
