@@ -10,6 +10,7 @@ import pika
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.logger import Logger
@@ -20,7 +21,7 @@ from fmq.brokers.amqp import AmqpBroker
 from fmq.errors import BrokerUnavailable, Withdrawn
 from fmq.protocol import BrokerRequest, BrokerResponse
 from tests.amqp_fakes import FakeRabbit
-from tests.contract import AMQP_URL, AmqpDriver
+from tests.contract import AMQP_URL, AmqpDriver, queued
 from tests.e2e import eventually, free_port, sleep
 from tests.test_broker_contract import outcome, skip_without_rabbitmq
 
@@ -168,6 +169,47 @@ class AmqpBrokerTests(SynchronousTestCase):
         self.rabbit.channel.close_by_server()
         self.assert_lost_and_back(answers, "406 PRECONDITION_FAILED")
 
+    def test_unroutable_declares_the_queue_again(self) -> None:
+        """
+        A request returned unroutable (its queue deleted) fails with 503, and
+        the request queue is declared again, once however many come back.
+        """
+        channel = self.rabbit.channel
+        self.assertEqual(channel.declared, ["fmq.requests"])
+        channel.declare_result = Deferred()
+        answers = [self.submit(b"/%d" % n)[1] for n in range(3)]
+        for n in range(3):
+            channel.return_unroutable(n)
+            self.failureResultOf(answers[n], BrokerUnavailable)
+        self.assertEqual(channel.declared, ["fmq.requests"] * 2)
+        self.assertEqual(len(self.logged("declaring it again")), 1)
+        channel.declare_result.callback(None)
+        self.assertEqual(len(self.logged("declared queue")), 1)
+        self.assertTrue(self.broker.available)
+        _, answer = self.submit(b"/later")
+        properties, _, confirmed = channel.published[-1]
+        confirmed.callback(None)
+        channel.reply(properties, b"200\nlater")
+        self.assertEqual(self.successResultOf(answer).body, b"later")
+
+    def test_declaring_again_fails(self) -> None:
+        """
+        If the queue cannot be declared again, that is logged and the next
+        unroutable request tries again.
+        """
+        channel = self.rabbit.channel
+        channel.declare_result = fail(ValueError("refused"))
+        _, answer = self.submit()
+        channel.return_unroutable(0)
+        self.failureResultOf(answer, BrokerUnavailable)
+        [event] = self.logged("cannot declare")
+        self.assertIn("refused", event["error"])
+        channel.declare_result = None
+        _, answer = self.submit()
+        channel.return_unroutable(1)
+        self.failureResultOf(answer, BrokerUnavailable)
+        self.assertEqual(channel.declared, ["fmq.requests"] * 3)
+
 
 @pytest.fixture
 def driver(tmp_path):
@@ -184,13 +226,29 @@ def driver(tmp_path):
 async def test_unroutable_request_is_503(driver) -> None:
     """
     A request that RabbitMQ cannot route (its queue was deleted) fails with
-    L{BrokerUnavailable}: published C{mandatory}, it comes back.
+    L{BrokerUnavailable}: published C{mandatory}, it comes back. The broker
+    declares the queue again, and the next request lands in it.
     """
     await driver._channel.queue_delete(queue=driver.queue)
     answer = driver.broker.submit(BrokerRequest.of(b"GET", b"/nowhere"))
     assert isinstance(await outcome(answer), BrokerUnavailable)
     assert driver.broker.in_flight() == 0
-    await driver._channel.queue_declare(queue=driver.queue, durable=True)
+    connection = driver._backend
+
+    async def queue_is_back() -> bool:
+        return await queued(connection, driver.queue) is not None
+
+    await eventually(queue_is_back, "the request queue to be declared again")
+    request = BrokerRequest.of(b"GET", b"/later")
+    later = driver.broker.submit(request)
+
+    async def request_queued() -> bool:
+        return await queued(connection, driver.queue) == 1
+
+    await eventually(request_queued, "the next request in the queue")
+    assert driver.broker.available
+    driver.broker.withdraw(request)
+    assert isinstance(await outcome(later), Withdrawn)
 
 
 @pytest_twisted.ensureDeferred

@@ -20,7 +20,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
 from fmq.backend import AmqpBackend, Behaviour
-from tests.contract import AMQP_URL, connect
+from tests.contract import AMQP_URL, connect, queued
 from tests.e2e import answers, eventually
 from tests.test_broker_contract import skip_without_rabbitmq
 from tests.test_resilience import codes
@@ -232,6 +232,35 @@ async def test_channel_closed_by_server(make_fmq, amqp_backend, queue) -> None:
     await eventually(fmq.health_status, "fmq to open a new channel")
     backend.release()
     assert await answers([fmq.get("/wait")]) == [(200, b"after")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_deleted_request_queue_comes_back(make_fmq, amqp_backend, queue) -> None:
+    """
+    When the request queue is deleted, the next caller gets 503 (its request
+    comes back unroutable), fmq declares the queue again, and later callers
+    are served.
+    """
+    fmq = await make_fmq(**amqp(queue))
+    connection = await connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        await channel.queue_delete(queue=queue)
+        assert await codes([fmq.get("/lost")]) == [503]
+
+        async def queue_is_back() -> bool:
+            return await queued(connection, queue) is not None
+
+        await eventually(queue_is_back, "fmq to declare the request queue again")
+    finally:
+        closed = connection.closed
+        connection.close()
+        await closed
+    assert f"queue {queue} is missing; declaring it again" in fmq.log_text()
+    backend = await amqp_backend(body="found")
+    backend.release()
+    assert await answers([fmq.get("/found")]) == [(200, b"found")]
+    assert await fmq.health_status()
 
 
 @pytest_twisted.ensureDeferred

@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from fmq.errors import (
@@ -105,6 +106,7 @@ class AmqpBroker(Service):
         self._reconnect: IDelayedCall | None = None
         self._stopping = False
         self._down_logged = False
+        self._declaring = False
         self.dropped_replies = 0
 
     @property
@@ -348,15 +350,43 @@ class AmqpBroker(Service):
     def _not_confirmed(self, failure: Any, correlation_id: str) -> None:
         from pika.exceptions import NackError, UnroutableError
 
-        if correlation_id in self._outstanding:
-            if failure.check(NackError, UnroutableError):
+        if failure.check(UnroutableError):
+            self._declare_again(correlation_id)
+        elif failure.check(NackError) and correlation_id in self._outstanding:
+            self.log.warn("request {id} was refused by RabbitMQ (nack)", id=correlation_id)
+        # else the channel is gone, which is logged once for all
+        self._end(correlation_id, BrokerUnavailable())
+
+    def _declare_again(self, correlation_id: str) -> None:
+        """
+        A request came back unroutable: its queue was deleted. Declare it
+        again, once for however many come back meanwhile.
+        """
+        channel = self._channel
+        if channel is None or self._declaring:
+            return
+        self._declaring = True
+        self.log.warn(
+            "request {id} came back unroutable: queue {queue} is missing; declaring it again",
+            id=correlation_id,
+            queue=self._queue_name,
+        )
+
+        def declared(result: object) -> None:
+            self._declaring = False
+            if isinstance(result, Failure):
                 self.log.warn(
-                    "request {id} was not confirmed by RabbitMQ: {error}",
-                    id=correlation_id,
-                    error=failure.type.__name__,
+                    "cannot declare queue {queue} again: {error}",
+                    queue=self._queue_name,
+                    error=result.getErrorMessage() or repr(result.value),
                 )
-            # else the channel is gone, which is logged once for all
-            self._end(correlation_id, BrokerUnavailable())
+            else:
+                self.log.info("declared queue {queue} again", queue=self._queue_name)
+
+        try:
+            channel.queue_declare(queue=self._queue_name, durable=True).addBoth(declared)
+        except Exception:  # a closing channel may raise
+            declared(Failure())
 
     def _expire(self, correlation_id: str) -> None:
         outstanding = self._outstanding.get(correlation_id)
