@@ -210,6 +210,56 @@ class AmqpBrokerTests(SynchronousTestCase):
         self.failureResultOf(answer, BrokerUnavailable)
         self.assertEqual(channel.declared, ["fmq.requests"] * 3)
 
+    def test_blocked_refuses_at_once(self) -> None:
+        """
+        While RabbitMQ blocks publishers, new requests fail with 503 at once
+        and those in flight wait on; on unblock it takes requests again. Each
+        change is logged once.
+        """
+        answers = self.published_and_confirmed(2)
+        self.assertFalse(self.broker.blocked)
+        self.rabbit.connection.block("low on memory")
+        self.rabbit.connection.block("low on memory")
+        self.assertTrue(self.broker.blocked)
+        self.assertFalse(self.broker.available)
+        _, refused = self.submit(b"/refused")
+        self.failureResultOf(refused, BrokerUnavailable)
+        self.assertEqual(len(self.rabbit.channel.published), 2)
+        for answer in answers:
+            self.assertNoResult(answer)
+        self.assertEqual(self.broker.in_flight(), 2)
+        [event] = self.logged("blocks publishers")
+        self.assertEqual(event["reason"], "low on memory")
+        self.clock.advance(7)
+        self.rabbit.connection.unblock()
+        self.rabbit.connection.unblock()
+        self.assertFalse(self.broker.blocked)
+        self.assertTrue(self.broker.available)
+        [event] = self.logged("unblocked publishers")
+        self.assertEqual(event["seconds"], 7)
+        for n, answer in enumerate(answers):
+            self.rabbit.channel.reply(self.rabbit.channel.published[n][0], b"200\nwaited")
+            self.assertEqual(self.successResultOf(answer).body, b"waited")
+        request, answer = self.submit(b"/after")
+        self.assertEqual(len(self.rabbit.channel.published), 3)
+        self.assertNoResult(answer)
+        self.broker.withdraw(request)
+        self.failureResultOf(answer, Withdrawn)
+
+    def test_blocked_ends_with_its_connection(self) -> None:
+        """
+        A connection lost while blocked takes the block with it: the new
+        connection takes requests unless RabbitMQ blocks it too.
+        """
+        self.rabbit.connection.block("low on disk")
+        self.rabbit.connection.close_by_server()
+        self.assertFalse(self.broker.blocked)
+        self.clock.advance(0.5)
+        self.assertTrue(self.broker.available)
+        self.rabbit.connections[0].unblock()  # stale: ignored
+        self.rabbit.connections[0].block()
+        self.assertTrue(self.broker.available)
+
 
 @pytest.fixture
 def driver(tmp_path):

@@ -16,6 +16,7 @@ import uuid
 
 import pytest
 import pytest_twisted
+import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
@@ -106,7 +107,12 @@ async def test_pass_through(make_fmq, amqp_backend, queue) -> None:
     backend = await amqp_backend()
     backend.release()
     assert await answers([fmq.get("/items?id=1")]) == [(200, b"GET /items?id=1 #1")]
-    assert (await fmq.health())["broker"] == {"type": "amqp", "available": True, "in_flight": 0}
+    assert (await fmq.health())["broker"] == {
+        "type": "amqp",
+        "available": True,
+        "in_flight": 0,
+        "blocked": False,
+    }
 
 
 @pytest_twisted.ensureDeferred
@@ -261,6 +267,66 @@ async def test_deleted_request_queue_comes_back(make_fmq, amqp_backend, queue) -
     backend.release()
     assert await answers([fmq.get("/found")]) == [(200, b"found")]
     assert await fmq.health_status()
+
+
+def memory_watermark() -> list[str]:
+    """
+    RabbitMQ's memory high watermark, as C{rabbitmqctl set_vm_memory_high_watermark}
+    arguments: C{["0.4"]}, or C{["absolute", "1073741824"]}.
+    """
+    value = rabbitmqctl("eval", "vm_memory_monitor:get_vm_memory_high_watermark().").strip()
+    if value.startswith("{absolute,"):
+        return ["absolute", value[len("{absolute,") : -1]]
+    float(value)  # anything else would not be restored faithfully: fail before the alarm
+    return [value]
+
+
+async def blocked_gauge(fmq) -> str:
+    response = await treq.get(f"http://127.0.0.1:{fmq.admin_port}/metrics", pool=fmq.pool)
+    lines = (await response.content()).decode().splitlines()
+    [line] = [line for line in lines if line.startswith("fmq_broker_blocked ")]
+    return line.split()[1]
+
+
+@pytest_twisted.ensureDeferred
+async def test_memory_alarm_blocks_publishers(make_fmq, amqp_backend, queue) -> None:
+    """
+    Under a real memory alarm RabbitMQ blocks fmq's connection at its next
+    publish: from then on callers get 503 at once with Retry-After, /health
+    and the metrics say blocked, and the request already published waits on.
+    When the alarm ends, fmq takes requests again and that request is answered.
+
+    Other tests share this RabbitMQ: the alarm lasts a few seconds, and the
+    watermark is always restored.
+    """
+    require_rabbitmqctl()
+    fmq = await make_fmq(**amqp(queue))
+    backend = await amqp_backend(body="{path}")
+    watermark = memory_watermark()
+    try:
+        rabbitmqctl("set_vm_memory_high_watermark", "0.0000001")
+        first = fmq.get("/first")  # RabbitMQ blocks the connection at this publish
+
+        async def blocked() -> bool:
+            return (await fmq.health())["broker"].get("blocked") is True
+
+        await eventually(blocked, "fmq to be blocked", patience=10)
+        refused = await fmq.get("/second")
+        assert refused.code == 503
+        assert refused.headers.getRawHeaders(b"retry-after")
+        await refused.content()
+        assert not await fmq.health_status()
+        assert await blocked_gauge(fmq) == "1.0"
+    finally:
+        rabbitmqctl("set_vm_memory_high_watermark", *watermark)
+    await eventually(fmq.health_status, "fmq to be unblocked")
+    assert await blocked_gauge(fmq) == "0.0"
+    await eventually(lambda: len(backend.taken) == 1, "the blocked request to reach the backend")
+    backend.release()
+    assert await answers([first, fmq.get("/third")]) == [(200, b"/first"), (200, b"/third")]
+    log = fmq.log_text()
+    assert log.count("RabbitMQ blocks publishers") == 1
+    assert log.count("RabbitMQ unblocked publishers") == 1
 
 
 @pytest_twisted.ensureDeferred

@@ -65,6 +65,8 @@ class AmqpBroker(Service):
     A broker over RabbitMQ (AMQP 0-9-1), with pika's Twisted adapter.
 
     @ivar dropped_replies: replies with an unknown or already answered id.
+    @ivar blocked: C{True} while RabbitMQ blocks this connection's publishes
+        (C{connection.blocked}: a memory or disk alarm).
     """
 
     log = Logger()
@@ -107,14 +109,17 @@ class AmqpBroker(Service):
         self._stopping = False
         self._down_logged = False
         self._declaring = False
+        self._blocked_since = 0.0
+        self.blocked = False
         self.dropped_replies = 0
 
     @property
     def available(self) -> bool:
         """
-        C{True} while connected, with the channel and the reply consumer set up.
+        C{True} while connected, with the channel and the reply consumer set
+        up, and not blocked.
         """
-        return self._channel is not None
+        return self._channel is not None and not self.blocked
 
     # -- the service
 
@@ -216,6 +221,7 @@ class AmqpBroker(Service):
 
     def _connect(self) -> None:
         self._generation += 1
+        self.blocked = False
         generation = self._generation
         protocol, connected = self._dial()
         connected.addTimeout(self._connect_timeout, self._reactor)
@@ -223,6 +229,7 @@ class AmqpBroker(Service):
         connected.addErrback(self._connect_failed, protocol, generation)
 
     async def _set_up(self, protocol: Any, generation: int) -> None:
+        self._watch_blocked(protocol, generation)
         channel = await protocol.channel()
         await channel.queue_declare(queue=self._queue_name, durable=True)
         await channel.confirm_delivery()
@@ -243,6 +250,40 @@ class AmqpBroker(Service):
             queue=self._queue_name,
         )
         Deferred.fromCoroutine(self._read_replies(replies, generation))
+
+    def _watch_blocked(self, protocol: Any, generation: int) -> None:
+        """
+        Follow C{connection.blocked} and C{connection.unblocked}: while
+        blocked, RabbitMQ reads nothing more from this connection, so a new
+        request would only wait out its caller's timeout.
+        """
+        impl = getattr(protocol, "_impl", None)
+        if impl is None:
+            return
+
+        def blocked(connection: Any, frame: Any) -> None:
+            if generation != self._generation or self.blocked:
+                return
+            self.blocked = True
+            self._blocked_since = self._reactor.seconds()
+            self.log.warn(
+                "RabbitMQ blocks publishers ({reason}): new requests get 503 until it"
+                " unblocks; {in_flight} in flight wait on",
+                reason=getattr(frame.method, "reason", None) or "no reason given",
+                in_flight=len(self._outstanding),
+            )
+
+        def unblocked(connection: Any, frame: Any) -> None:
+            if generation != self._generation or not self.blocked:
+                return
+            self.blocked = False
+            self.log.info(
+                "RabbitMQ unblocked publishers after {seconds:.1f}s; taking requests again",
+                seconds=self._reactor.seconds() - self._blocked_since,
+            )
+
+        impl.add_on_connection_blocked_callback(blocked)
+        impl.add_on_connection_unblocked_callback(unblocked)
 
     def _watch_close(self, protocol: Any, generation: int) -> None:
         """
@@ -281,6 +322,7 @@ class AmqpBroker(Service):
             return
         self._generation += 1  # anything from the old connection is stale now
         self._channel = None
+        self.blocked = False
         connection, self._connection = self._connection, None
         if close and connection is not None and connection.is_open:
             try:
