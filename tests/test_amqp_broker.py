@@ -18,7 +18,7 @@ from twisted.protocols.portforward import ProxyFactory
 from twisted.trial.unittest import SynchronousTestCase
 
 from fmq.brokers.amqp import AmqpBroker
-from fmq.errors import BrokerUnavailable, Withdrawn
+from fmq.errors import AnswerTooLarge, BrokerUnavailable, Withdrawn
 from fmq.protocol import BrokerRequest, BrokerResponse
 from tests.amqp_fakes import FakeRabbit
 from tests.contract import AMQP_URL, AmqpDriver, queued
@@ -79,6 +79,27 @@ class AmqpBrokerTests(SynchronousTestCase):
         self.rabbit.channel.reply(properties, b"200\nhello")
         self.assertEqual(self.successResultOf(answer), BrokerResponse(200, b"hello"))
         self.assertEqual(self.broker.in_flight(), 0)
+
+    def test_answer_over_the_cap_is_502(self) -> None:
+        """
+        A reply larger than C{max_answer_bytes} fails its request with
+        L{AnswerTooLarge} (502); one at the cap is delivered.
+        """
+        self.broker.stopService()
+        self.broker = AmqpBroker(self.clock, "amqp://guest:guest@rabbit.test:5672/%2F",
+                                 "fmq.requests", request_ttl=300.0, dial=self.rabbit,
+                                 max_answer_bytes=10)  # fmt: skip
+        self.broker.log = Logger(observer=self.events.append)
+        self.broker.startService()
+        _, over = self.submit(b"/over")
+        _, at = self.submit(b"/at")
+        [(over_properties, _, _), (at_properties, _, _)] = self.rabbit.channel.published
+        self.rabbit.channel.reply(over_properties, b"200\n123456789")
+        self.rabbit.channel.reply(at_properties, b"200\n12345")
+        self.assertEqual(self.failureResultOf(over, AnswerTooLarge).value.status, 502)
+        self.assertEqual(self.successResultOf(at), BrokerResponse(200, b"12345"))
+        [event] = self.logged("malformed reply")
+        self.assertIn("larger than max_answer_bytes", event["error"])
 
     def test_withdraw_looks_up_one_request(self) -> None:
         """

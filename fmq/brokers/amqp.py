@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from fmq.errors import (
+    AnswerTooLarge,
     BrokerRequestFailed,
     BrokerUnavailable,
     MalformedResponse,
@@ -80,9 +81,13 @@ class AmqpBroker(Service):
         request_ttl: float,
         connect_timeout: float = 10.0,
         reconnect_max: float = 10.0,
+        max_answer_bytes: int | None = None,
         dial: Dial | None = None,
     ) -> None:
         """
+        @param max_answer_bytes: a larger reply fails its request with
+            L{AnswerTooLarge} (502); C{None} for no cap. pika has the message
+            in memory by then: the cap keeps it from going further.
         @param dial: how to connect (for tests); by default TCP to the host
             and port of C{url}, with pika's Twisted adapter.
         """
@@ -97,6 +102,7 @@ class AmqpBroker(Service):
         self._ttl = request_ttl
         self._connect_timeout = connect_timeout
         self._reconnect_max = reconnect_max
+        self._max_answer_bytes = max_answer_bytes
         self._dial = dial or self._dial_tcp
         self._outstanding: dict[str, _Outstanding] = {}
         # request.id -> its correlation ids, so withdraw finds them at once
@@ -375,6 +381,10 @@ class AmqpBroker(Service):
             self.log.info("dropped a reply with unknown id {id}", id=correlation_id)
             return
         try:
+            if self._max_answer_bytes is not None and len(body) > self._max_answer_bytes:
+                raise AnswerTooLarge(
+                    f"{len(body)} bytes, larger than max_answer_bytes ({self._max_answer_bytes})"
+                )
             response = parse_response(body)
         except MalformedResponse as e:
             self.log.warn(
