@@ -15,12 +15,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http import NO_BODY_CODES
 from twisted.web.server import Request, Site
 
 from fmq.dispatch import Dispatcher
 from fmq.errors import BrokerRequestFailed
 from fmq.keys import CallerRequest
 from fmq.protocol import BrokerResponse
+from fmq.sending import SLICE, SharedBody
 
 #: seconds a caller answered 503 is told to wait before trying again.
 RETRY_AFTER = b"1"
@@ -38,7 +40,7 @@ class Front:
         self._dispatcher = dispatcher
 
     @app.route("/", branch=True, strict_slashes=False, merge_slashes=False)
-    def proxy(self, request: Request) -> Deferred[bytes]:
+    def proxy(self, request: Request) -> Deferred[bytes | SharedBody]:
         """
         Answer with the backend's status and body, unchanged.
         """
@@ -47,15 +49,19 @@ class Front:
         answered = answer.addCallbacks(
             _reply, _refuse, callbackArgs=(request,), errbackArgs=(request,)
         )
-        return cast("Deferred[bytes]", answered)
+        return cast("Deferred[bytes | SharedBody]", answered)
 
 
-def _reply(response: BrokerResponse, request: Request) -> bytes:
+def _reply(response: BrokerResponse, request: Request) -> bytes | SharedBody:
     request.setResponseCode(response.status)
     # The file protocol carries no content type; better none than a wrong one.
     request.defaultContentType = None
-    request.setHeader(b"content-length", b"%d" % len(response.body))
-    return response.body
+    body = response.body
+    request.setHeader(b"content-length", b"%d" % len(body))
+    # Twisted sends no body for these, so it copies none either.
+    if len(body) <= SLICE or request.method == b"HEAD" or response.status in NO_BODY_CODES:
+        return body
+    return SharedBody(body)
 
 
 def _refuse(failure: Failure, request: Request) -> bytes:
