@@ -96,7 +96,7 @@ class FmqRequest(Request):
             if e.errno not in OVERLOAD_ERRNOS:
                 raise
             # No descriptor for the temporary file Twisted keeps large bodies in.
-            self.content = BytesIO()
+            cast(Any, self).content = BytesIO()  # typed None before gotLength
 
     def processingFailed(self, reason: Failure) -> Failure:
         error = reason.value
