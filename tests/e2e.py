@@ -22,8 +22,8 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool
 
-from fmq.backend import Behaviour, DirectoryBackend
 from fmq.brokers.layout import LOCK_NAME
+from fmq.tools.backend import Behaviour, DirectoryBackend
 
 #: seconds any one thing may take before an end-to-end test gives up
 PATIENCE = 60.0

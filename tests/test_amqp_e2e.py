@@ -20,7 +20,7 @@ import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 
-from fmq.backend import AmqpBackend, Behaviour
+from fmq.tools.backend import AmqpBackend, Behaviour
 from tests.contract import AMQP_URL, connect, queued
 from tests.e2e import answers, eventually
 from tests.test_broker_contract import skip_without_rabbitmq
