@@ -19,6 +19,7 @@ from fmq.admin import Admin
 from fmq.brokers.factory import make_broker
 from fmq.connections import Connections
 from fmq.dispatch import Dispatcher
+from fmq.gate import AcceptGate, GatedTCP4ServerEndpoint
 from fmq.keys import load_collapse_key
 from fmq.logs import make_observer
 from fmq.metrics import Metrics
@@ -117,7 +118,15 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     connections = Connections()
     connections.track(site)
     Drain(dispatcher, connections, reactor, settings.http.drain_timeout).setServiceParent(root)
-    _listen(root, reactor, settings.http.interface, settings.http.port, site, settings.http.backlog)
+    # Callers beyond the open-files limit wait in the backlog, not dropped.
+    gate = AcceptGate(connections, reactor, _soft_open_files_limit())
+    _serve(
+        root,
+        GatedTCP4ServerEndpoint(
+            reactor, settings.http.port, gate, settings.http.backlog, settings.http.interface
+        ),
+        site,
+    )
 
     admin = Admin(broker, settings.broker.type, dispatcher, reactor, metrics)
     admin_resource = admin.app.resource()
@@ -129,10 +138,18 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     return root
 
 
+def _soft_open_files_limit() -> int | None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
 def _listen(
     root: MultiService, reactor: Any, interface: str, port: int, factory: Any, backlog: int
 ) -> None:
-    endpoint = TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
+    _serve(root, TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=interface), factory)
+
+
+def _serve(root: MultiService, endpoint: Any, factory: Any) -> None:
     service = StreamServerEndpointService(endpoint, factory)
     service._raiseSynchronously = True
     service.setServiceParent(root)
