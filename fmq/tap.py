@@ -110,14 +110,18 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     metrics.watch(dispatcher, broker)
 
     resource = Front(dispatcher).app.resource()
-    site = (
-        AccessLogSite(resource, reactor)
-        if settings.http.access_log
-        else QuietSite(resource, reactor=reactor)
-    )
+    access_log = AccessLogSite(resource, reactor) if settings.http.access_log else None
+    site = access_log if access_log is not None else QuietSite(resource, reactor=reactor)
     connections = Connections()
     connections.track(site)
-    Drain(dispatcher, connections, reactor, settings.http.drain_timeout).setServiceParent(root)
+    Drain(
+        dispatcher,
+        connections,
+        reactor,
+        settings.http.drain_timeout,
+        # The lines of the answers that end during the drain.
+        when_drained=[access_log.close] if access_log is not None else [],
+    ).setServiceParent(root)
     # Callers beyond the open-files limit wait in the backlog, not dropped.
     gate = AcceptGate(connections, reactor, _soft_open_files_limit())
     _serve(
