@@ -9,7 +9,7 @@ paused by back-pressure is in neither its readers nor its writers.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 
 from twisted.internet.protocol import connectionDone
@@ -27,6 +27,13 @@ class Connections:
 
     def __init__(self) -> None:
         self._open: set[HTTPChannel] = set()
+        self._when_closed: list[Callable[[], object]] = []
+
+    def when_closed(self, callback: Callable[[], object]) -> None:
+        """
+        Call C{callback} each time a connection is lost, once it is closed.
+        """
+        self._when_closed.append(callback)
 
     def track(self, site: Site) -> None:
         """
@@ -49,6 +56,8 @@ class Connections:
         C{channel}'s connection is lost: its transport is closed.
         """
         self._open.discard(channel)
+        for callback in self._when_closed:
+            callback()
 
     def __len__(self) -> int:
         return len(self._open)

@@ -5,7 +5,7 @@ The service tree's root: start failures as one line, and a graceful stop.
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -74,6 +74,8 @@ class Drain(Service):
     @param connections: the callers' connections.
     @param patience: seconds to wait for answers still being written; what
         is still open then is cut off by the reactor's shutdown.
+    @param when_drained: called once the drain ends, e.g. to write the
+        access lines of the requests that ended during it.
     """
 
     def __init__(
@@ -83,12 +85,14 @@ class Drain(Service):
         clock: IReactorTime,
         patience: float = 5.0,
         tick: float = 0.02,
+        when_drained: Sequence[Callable[[], object]] = (),
     ) -> None:
         self._dispatcher = dispatcher
         self._connections = connections
         self._clock = clock
         self._patience = patience
         self._tick = tick
+        self._when_drained = list(when_drained)
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
@@ -118,6 +122,11 @@ class Drain(Service):
             else:
                 self._clock.callLater(self._tick, check)
 
+        def drained(result: None) -> None:
+            for callback in self._when_drained:
+                callback()
+
+        done.addCallback(drained)
         check()
         return done
 

@@ -19,6 +19,7 @@ from fmq.admin import Admin
 from fmq.brokers.factory import make_broker
 from fmq.connections import Connections
 from fmq.dispatch import Dispatcher
+from fmq.gate import AcceptGate, GatedTCP4ServerEndpoint
 from fmq.keys import load_collapse_key
 from fmq.logs import make_observer
 from fmq.metrics import Metrics
@@ -109,15 +110,27 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     metrics.watch(dispatcher, broker)
 
     resource = Front(dispatcher).app.resource()
-    site = (
-        AccessLogSite(resource, reactor)
-        if settings.http.access_log
-        else QuietSite(resource, reactor=reactor)
-    )
+    access_log = AccessLogSite(resource, reactor) if settings.http.access_log else None
+    site = access_log if access_log is not None else QuietSite(resource, reactor=reactor)
     connections = Connections()
     connections.track(site)
-    Drain(dispatcher, connections, reactor, settings.http.drain_timeout).setServiceParent(root)
-    _listen(root, reactor, settings.http.interface, settings.http.port, site, settings.http.backlog)
+    Drain(
+        dispatcher,
+        connections,
+        reactor,
+        settings.http.drain_timeout,
+        # The lines of the answers that end during the drain.
+        when_drained=[access_log.close] if access_log is not None else [],
+    ).setServiceParent(root)
+    # Callers beyond the open-files limit wait in the backlog, not dropped.
+    gate = AcceptGate(connections, reactor, _soft_open_files_limit())
+    _serve(
+        root,
+        GatedTCP4ServerEndpoint(
+            reactor, settings.http.port, gate, settings.http.backlog, settings.http.interface
+        ),
+        site,
+    )
 
     admin = Admin(broker, settings.broker.type, dispatcher, reactor, metrics)
     admin_resource = admin.app.resource()
@@ -129,10 +142,18 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     return root
 
 
+def _soft_open_files_limit() -> int | None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
 def _listen(
     root: MultiService, reactor: Any, interface: str, port: int, factory: Any, backlog: int
 ) -> None:
-    endpoint = TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
+    _serve(root, TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=interface), factory)
+
+
+def _serve(root: MultiService, endpoint: Any, factory: Any) -> None:
     service = StreamServerEndpointService(endpoint, factory)
     service._raiseSynchronously = True
     service.setServiceParent(root)

@@ -162,14 +162,27 @@ class AccessLogSite(Site):
         self._flush_every = flush_every
         self._stamp_second = -1
         self._stamp = b""
+        self._closed = False
 
     def startFactory(self) -> None:
         Site.startFactory(self)
+        self._closed = False
         if not self._flusher.running:
             self._flusher.start(self._flush_every, now=False)
 
     def stopFactory(self) -> None:
+        # The listener stops before the drain ends: requests still finish
+        # after this, so lines are still collected and flushed until close.
         Site.stopFactory(self)
+        self.flush()
+
+    def close(self) -> None:
+        """
+        Write what is collected and stop the periodic flush: once no request
+        can still finish, at the end of the drain. Any later line is written
+        at once.
+        """
+        self._closed = True
         if self._flusher.running:
             self._flusher.stop()
         self.flush()
@@ -191,6 +204,8 @@ class AccessLogSite(Site):
                 request.sentLength,
             )
         )
+        if self._closed:
+            self.flush()
 
     def flush(self) -> None:
         """

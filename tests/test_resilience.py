@@ -228,6 +228,38 @@ async def test_sigterm_lets_a_slow_reader_have_its_whole_answer(make_fmq) -> Non
 
 
 @pytest_twisted.ensureDeferred
+async def test_sigterm_writes_the_access_lines_of_the_drain(make_fmq) -> None:
+    """
+    With the access log on, SIGTERM still writes the lines of the answers
+    that end during the drain: the 503 to a waiting caller, and an answer
+    that was still being written to a slow reader.
+    """
+    fmq = await make_fmq(http={"drain_timeout": PATIENCE, "access_log": "true"})
+    body = b"x" * (8 * 1024 * 1024)
+    reader = SlowReader(fmq.port, b"/big")
+    request = request_file(fmq, b"/big")
+    await eventually(request.exists, "the request file")
+    written = request.with_name("answer.tmp")
+    written.write_bytes(b"200\n" + body)
+    written.rename(request.with_suffix(".resp"))
+    await eventually(lambda: reader.received >= 1 << 20, "the first megabyte")
+    waiting = fmq.get("/waiting")
+    await fmq.waiting(1)
+
+    fmq.process.send_signal(signal.SIGTERM)
+    await eventually(lambda: "stopping: answered" in fmq.log_text(), "the drain to begin")
+    reader.go.set()
+    assert await codes([waiting]) == [503]
+    assert await fmq.exited() == 0
+    await eventually(lambda: reader.done, "the reader to finish")
+    assert reader.error is None
+    assert len(reader.data.partition(b"\r\n\r\n")[2]) == len(body)
+    log = fmq.log_text()
+    assert '"GET /waiting HTTP/1.1" 503' in log, log
+    assert '"GET /big HTTP/1.1" 200' in log, log
+
+
+@pytest_twisted.ensureDeferred
 async def test_raises_open_files_limit(make_fmq) -> None:
     """
     Started from a shell with C{ulimit -Sn 1024}, fmq raises its soft limit of

@@ -183,6 +183,27 @@ class DrainTests(SynchronousTestCase):
         self.successResultOf(stopped)
         self.assertTrue(transport.value().endswith(b"\r\n\r\nabcdef"))
 
+    def test_when_drained(self) -> None:
+        """
+        What is to run once the drain ends (writing the last access lines)
+        runs then, after the last connection closed, not when the stop begins.
+        """
+        drained: list[str] = []
+        drain = Drain(
+            self.dispatcher,
+            self.connections,
+            self.clock,
+            when_drained=[lambda: drained.append("drained")],
+        )
+        drain.startService()
+        transport = self.connect()
+        stopped = drain.stopService()
+        self.assertEqual(drained, [])
+        self.closed(transport)
+        self.clock.advance(0.02)
+        self.successResultOf(stopped)
+        self.assertEqual(drained, ["drained"])
+
     def test_gives_up_after_patience(self) -> None:
         """
         A connection that does not close does not hold the stop for ever.

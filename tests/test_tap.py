@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -23,6 +24,7 @@ import fmq.tap
 from fmq.brokers.amqp import AmqpBroker
 from fmq.brokers.factory import make_broker
 from fmq.brokers.file import FileBroker
+from fmq.gate import GatedPort, GatedTCP4ServerEndpoint
 from fmq.interfaces import IBroker
 from fmq.settings import DictSource, Settings, load_settings
 from fmq.tap import Options, build_service
@@ -277,22 +279,48 @@ class MakeBrokerTests(SynchronousTestCase):
         self.assertIn("did not make an IBroker", str(error))
 
 
+def listeners(service: MultiService) -> list[tuple[int, int, str, bool]]:
+    """
+    The port, backlog and interface of each listener in C{service}, and
+    whether its port is gated by the open-files limit.
+    """
+    found = []
+    for child in service:
+        if isinstance(child, StreamServerEndpointService):
+            e: Any = child.endpoint
+            if isinstance(e, GatedTCP4ServerEndpoint):
+                found.append((e.port, e.backlog, e.interface, True))
+            else:
+                found.append((e._port, e._backlog, e._interface, False))
+    return found
+
+
 class BuildServiceTests(SynchronousTestCase):
     """
     Tests for L{build_service}.
     """
 
-    def build(self, **sections: dict[str, str]) -> tuple[MultiService, MemoryReactorClock]:
+    def build(
+        self, start: bool = True, **sections: dict[str, str]
+    ) -> tuple[MultiService, MemoryReactorClock]:
         """
-        Build and start the service tree on a fake reactor; stop it at cleanup.
+        Build the service tree on a fake reactor and, if C{start}, start it
+        (the HTTP listener on a free port: it listens for real) and stop it
+        at cleanup.
         """
         directory = temporary_directory(self) / "broker"
-        values = {"broker": {"directory": str(directory)}, **sections}
+        values: dict[str, dict[str, str]] = {"broker": {"directory": str(directory)}}
+        if start:
+            values["http"] = {"port": "0"}
+        values.update(sections)
         self.settings = load_settings(DictSource(values))
         reactor = MemoryReactorClock()
         service = build_service(self.settings, reactor)
-        service.startService()
-        self.addCleanup(service.stopService)
+        if start:
+            service.startService()
+            # The listener closes its socket a reactor turn after it stops.
+            self.addCleanup(reactor.advance, 0)
+            self.addCleanup(service.stopService)
         return service, reactor
 
     def test_multi_service(self) -> None:
@@ -308,28 +336,38 @@ class BuildServiceTests(SynchronousTestCase):
 
     def test_default_listeners(self) -> None:
         """
-        The HTTP listener uses the default port with a deep backlog; the admin its own port.
+        The HTTP listener uses the default port with a deep backlog, gated by
+        the open-files limit; the admin its own port.
         """
-        _, reactor = self.build()
+        service, _ = self.build(start=False)
         self.assertEqual(
-            [(port, backlog, interface) for port, _, backlog, interface in reactor.tcpServers],
-            [(8080, 4096, "127.0.0.1"), (8081, 50, "127.0.0.1")],
+            listeners(service), [(8080, 4096, "127.0.0.1", True), (8081, 50, "127.0.0.1", False)]
         )
 
     def test_configured_listeners(self) -> None:
         """
         Ports, interfaces and the backlog come from the settings.
         """
-        _, reactor = self.build(
+        service, _ = self.build(
+            start=False,
             http={"port": "9100", "interface": "0.0.0.0", "backlog": "1234"},
             admin={"port": "9101", "interface": "127.0.0.2"},
         )
-        listeners = {
-            port: (backlog, interface) for port, _, backlog, interface in reactor.tcpServers
-        }
-        self.assertEqual(listeners[9100], (1234, "0.0.0.0"))
-        self.assertEqual(listeners[9101][1], "127.0.0.2")
-        self.assertEqual(len(reactor.tcpServers), 2)
+        self.assertEqual(
+            listeners(service), [(9100, 1234, "0.0.0.0", True), (9101, 50, "127.0.0.2", False)]
+        )
+
+    def test_listening(self) -> None:
+        """
+        Started, the HTTP listener listens on a gated port, the admin one
+        through the reactor.
+        """
+        service, reactor = self.build()
+        [http] = [child for child in service if isinstance(child, StreamServerEndpointService)][:1]
+        port = self.successResultOf(http._waitingForPort)
+        self.assertIsInstance(port, GatedPort)
+        self.assertIn(port, reactor.readers)
+        self.assertEqual([server[0] for server in reactor.tcpServers], [8081])
 
     def test_broker_directory_created(self) -> None:
         """
@@ -342,16 +380,17 @@ class BuildServiceTests(SynchronousTestCase):
         """
         Stopping the root stops every child, the broker included.
         """
-        service, _ = self.build()
+        service, reactor = self.build()
         service.stopService()
+        reactor.advance(0)
         self.assertEqual([child.running for child in service], [False] * len(list(service)))
 
     def test_naive_mode(self) -> None:
         """
         Naive mode builds the same two listeners.
         """
-        _, reactor = self.build(service={"mode": "naive"})
-        self.assertEqual([server[0] for server in reactor.tcpServers], [8080, 8081])
+        service, _ = self.build(start=False, service={"mode": "naive"})
+        self.assertEqual([listener[0] for listener in listeners(service)], [8080, 8081])
 
     def test_bad_broker_type(self) -> None:
         """

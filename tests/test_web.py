@@ -185,6 +185,31 @@ class AccessLogTests(SynchronousTestCase):
         site.stopFactory()
         self.assertEqual(len(out.getvalue().splitlines()), 3)
 
+    def test_lines_after_the_listener_stops(self) -> None:
+        """
+        Lines of requests that finish after the listener stopped (during the
+        drain) are still written: at the next flush, and at L{close}, after
+        which each is written at once.
+        """
+        clock = Clock()
+        out = io.BytesIO()
+        site = AccessLogSite(Resource(), clock, out, flush_every=0.2)
+        site.startFactory()
+        site.stopFactory()
+        request = DummyRequest([b""])
+        request.method, request.uri, request.clientproto = b"GET", b"/late", b"HTTP/1.1"
+        request.code, request.sentLength = 503, 4
+        site.log(request)
+        clock.advance(0.2)
+        self.assertEqual(len(out.getvalue().splitlines()), 1)
+        site.log(request)
+        site.close()
+        self.assertEqual(len(out.getvalue().splitlines()), 2)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        site.log(request)
+        self.assertEqual(len(out.getvalue().splitlines()), 3)
+        self.assertIn(b'"GET /late HTTP/1.1" 503 4', out.getvalue())
+
 
 class _Raises(Resource):
     """
