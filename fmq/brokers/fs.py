@@ -69,7 +69,7 @@ class FileSystem:
             raise
         return mtime_ns
 
-    def read_response(self, path: Path) -> ResponseFile | None:
+    def read_response(self, path: Path, lease: bool = True) -> ResponseFile | None:
         """
         Read a response file, unless a process still has it open for writing.
 
@@ -77,14 +77,17 @@ class FileSystem:
         open for writing; that is how a backend writing in place is told
         apart from one that has finished.
 
+        @param lease: C{False} to read it as it is, without asking (it has
+            settled).
         @return: the file, or C{None} while it is open for writing.
         @raise FileNotFoundError: there is no such file.
         """
         fd = os.open(path, os.O_RDONLY)
         try:
-            closed: bool | None = True
+            closed: bool | None = True if lease else None
             try:
-                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+                if lease:
+                    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
             except OSError as e:
                 if e.errno == errno.EAGAIN:
                     return None
@@ -134,6 +137,12 @@ class FileSystem:
 
     def stat(self, path: Path) -> os.stat_result:
         return os.stat(path)
+
+    def lstat(self, path: Path) -> os.stat_result:
+        """
+        C{path}'s metadata; a symbolic link's own, not its target's.
+        """
+        return os.lstat(path)
 
     def list_names(self, directory: Path) -> list[str]:
         return os.listdir(directory)
