@@ -4,7 +4,7 @@ setup(
     name="fmq",
     version="0.1.0",
     description="An HTTP front for a backend reached through a message broker",
-    python_requires=">=3.11",
+    python_requires=">=3.9",
     packages=["fmq", "fmq.brokers", "twisted.plugins"],
     package_dir={"twisted.plugins": "twisted_plugins"},
     package_data={"fmq": ["configspec.ini"]},
@@ -15,7 +15,9 @@ setup(
         "attrs>=23.1",
         "zope.interface>=6",
         "prometheus_client>=0.20",
-        "psutil>=5.9",
+        # psutil 7.1.3 and later build on PyPy 3.9 but fail to import there
+        "psutil>=5.9; platform_python_implementation != 'PyPy'",
+        "psutil>=5.9,<=7.1.2; platform_python_implementation == 'PyPy'",
         "pika>=1.3",
     ],
     entry_points={
@@ -28,10 +30,17 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-twisted>=1.14",
-            "treq>=24.9",
+            # treq needs Twisted's TLS extra, which cannot be built on PyPy 3.9
+            # (cryptography needs Rust crates); there scripts/_venv.sh installs
+            # treq with --no-deps, and these are its other requirements.
+            "treq>=24.9; platform_python_implementation != 'PyPy'",
+            "requests>=2.1.0; platform_python_implementation == 'PyPy'",
+            "multipart>=1.0; platform_python_implementation == 'PyPy'",
+            "typing_extensions>=3.10.0; platform_python_implementation == 'PyPy'",
             "hypothesis>=6.100",
             "ruff>=0.6",
-            "mypy>=1.10",
+            # 1.19 dropped checking against Python 3.9, which fmq supports
+            "mypy>=1.10,<1.19",
             "mypy-zope>=1.0",
         ],
         "bench": ["matplotlib>=3.7"],

@@ -225,7 +225,7 @@ async def hold(args: argparse.Namespace, sampler: Sampler) -> dict[str, Any]:
     outcomes = await asyncio.gather(*tasks)
     await asyncio.sleep(1.0)
     after = sampler.sample("after")
-    problems = [check(t, o) for t, o in zip(targets, outcomes, strict=True)]
+    problems = [check(t, o) for t, o in zip(targets, outcomes)]
     return {
         "callers": args.hold,
         "keys": args.keys,

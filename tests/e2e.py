@@ -61,7 +61,7 @@ async def answers(deferreds) -> list[tuple[int, bytes]]:
     """
     responses = await gatherResults(deferreds)
     bodies = await gatherResults([r.content() for r in responses])
-    return [(r.code, body) for r, body in zip(responses, bodies, strict=True)]
+    return [(r.code, body) for r, body in zip(responses, bodies)]
 
 
 class FmqProcess:
