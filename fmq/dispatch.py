@@ -19,7 +19,13 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from fmq.errors import BrokerRequestFailed, CallerTimeout, OverCapacity, ShuttingDown
+from fmq.errors import (
+    BrokerFailed,
+    BrokerRequestFailed,
+    CallerTimeout,
+    OverCapacity,
+    ShuttingDown,
+)
 from fmq.interfaces import IBroker
 from fmq.keys import CallerRequest, CollapseKey
 from fmq.logs import debugging
@@ -141,8 +147,27 @@ class Dispatcher:
         joined = self._join(key, group)
         # The caller is in the group before the broker can answer, even at once.
         self.broker_requests += 1
-        self._broker.submit(group.request).addBoth(self._finish, key, group)
+        self._submit(group.request).addBoth(self._finish, key, group)
         return joined
+
+    def _submit(self, request: BrokerRequest) -> Deferred[BrokerResponse]:
+        """
+        Give C{request} to the broker. A broker whose C{submit} raises or
+        returns no Deferred has a bug: it is logged, and the request fails
+        with L{BrokerFailed} so that its group ends like any other.
+        """
+        try:
+            submitted = self._broker.submit(request)
+            if not isinstance(submitted, Deferred):
+                raise TypeError(f"submit returned {submitted!r}, not a Deferred")
+        except Exception:
+            self.log.failure(
+                "broker {broker} failed to take {request}",
+                broker=type(self._broker).__name__,
+                request=request.line,
+            )
+            return fail(BrokerFailed())
+        return submitted
 
     def close(self) -> None:
         """
@@ -186,10 +211,24 @@ class Dispatcher:
                 group.timer.cancel()
             group.timer = None
 
+    def _arm(self, key: Hashable, group: _Group) -> None:
+        """
+        Set the group's timer to when its oldest caller times out.
+        """
+        self._stop_timer(group)
+        if group.callers:
+            first = next(iter(group.callers.values()))
+            delay = max(0.0, first + self._timeout - self._clock.seconds())
+            group.timer = self._clock.callLater(delay, self._time_out, key, group)
+
     def _time_out(self, key: Hashable, group: _Group) -> None:
         """
         Answer 504 to the callers of C{group} who have waited C{request_timeout},
         then wait for the next one's turn.
+
+        Answering a caller can run anything at once (a pipelined request on the
+        same connection may join this group, another caller may leave, the
+        broker may answer): the timer is set from the callers left at the end.
         """
         group.timer = None
         now = self._clock.seconds()
@@ -199,6 +238,8 @@ class Dispatcher:
                 break
             expired.append(deferred)
         for deferred in expired:
+            if deferred not in group.callers:
+                continue  # answered or gone while an earlier one was answered
             self.caller_timeouts += 1
             self.errors[CallerTimeout.kind] += 1
             self.log.info(
@@ -210,16 +251,20 @@ class Dispatcher:
             self._leave(key, group, deferred)
             self._observer.caller_answered(self._timeout)
             deferred.errback(CallerTimeout())
-        if group.callers and group.timer is None:
-            first = next(iter(group.callers.values()))
-            group.timer = self._clock.callLater(
-                max(0.0, first + self._timeout - now), self._time_out, key, group
-            )
+        self._arm(key, group)
 
     def _finish(self, result: BrokerResponse | Failure, key: Hashable, group: _Group) -> None:
         """
         The broker request ended: hand its outcome to every caller of the group.
         """
+        if isinstance(result, Failure) and not result.check(BrokerRequestFailed):
+            self.log.failure(
+                "broker request {key} for {request} failed with an error brokers must not give",
+                result,
+                key=group.request.key,
+                request=group.request.line,
+            )
+            result = Failure(BrokerFailed())
         if self._groups.get(key) is group:
             del self._groups[key]
         elapsed = self._clock.seconds() - group.started
@@ -239,17 +284,20 @@ class Dispatcher:
 
     def _hand_out(self, group: _Group, result: BrokerResponse | Failure) -> None:
         """
-        Give C{result} to every caller of C{group}.
+        Give C{result} to every caller of C{group}. The group is emptied first
+        and is no longer in the map: a caller who comes while it is handed out
+        (re-entrantly, from another caller's callback) makes a new group.
         """
         self._stop_timer(group)
         callers, group.callers = group.callers, {}
         self.callers_waiting -= len(callers)
-        if isinstance(result, Failure) and callers:
-            self.errors[getattr(result.value, "kind", "internal")] += len(callers)
         now = self._clock.seconds()
         for deferred, came in callers.items():
+            if deferred.called:
+                continue  # cancelled while an earlier caller was answered
             self._observer.caller_answered(now - came)
             if isinstance(result, Failure):
+                self.errors[getattr(result.value, "kind", "internal")] += 1
                 deferred.errback(result)
             else:
                 deferred.callback(result)

@@ -27,6 +27,18 @@ class MalformedResponse(BrokerRequestFailed):
     kind = "malformed"
 
 
+class BrokerFailed(BrokerRequestFailed):
+    """
+    The broker itself failed: its C{submit} raised, returned no Deferred, or
+    failed with an error that is not a L{BrokerRequestFailed}. A bug in the
+    broker, logged with its traceback.
+    """
+
+    status = 502
+    reason = "the broker failed"
+    kind = "broker_failed"
+
+
 class BrokerUnavailable(BrokerRequestFailed):
     """
     The broker cannot take requests now (directory missing, not writable, full).

@@ -5,7 +5,7 @@ The service tree's root: start failures as one line, and a graceful stop.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,9 +15,9 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
-from twisted.web.server import Site
 
 from fmq.brokers.lock import LockHeld
+from fmq.connections import Connections
 from fmq.dispatch import Dispatcher
 
 log = Logger(namespace="fmq")
@@ -62,65 +62,61 @@ def _one_line_start_errors() -> Iterator[None]:
         ) from None
 
 
-def site_connections(reactor: Any, site: Site) -> Callable[[], list[Any]]:
-    """
-    The transports of the callers connected to C{site}, found among the
-    reactor's readers when asked: nothing is tracked per connection.
-    """
-
-    def connections() -> list[Any]:
-        return [
-            reader
-            for reader in reactor.getReaders()
-            if getattr(getattr(reader, "protocol", None), "factory", None) is site
-        ]
-
-    return connections
-
-
 class Drain(Service):
     """
-    At stop, answer waiting callers 503 and close the callers' connections once
-    their answers are written, so none is cut off mid-answer.
+    At stop, answer waiting callers 503, close idle connections at once, and
+    let every answer already being written reach its caller before its
+    connection is closed, up to C{patience} seconds.
 
     Put it after the broker and before the HTTP listener in the tree: stopping
     goes in reverse, so the listener stops accepting first.
 
-    @param connections: the transports of the callers' connections, now.
+    @param connections: the callers' connections.
+    @param patience: seconds to wait for answers still being written; what
+        is still open then is cut off by the reactor's shutdown.
     """
 
     def __init__(
         self,
         dispatcher: Dispatcher,
-        connections: Callable[[], list[Any]],
+        connections: Connections,
         clock: IReactorTime,
         patience: float = 5.0,
+        tick: float = 0.02,
     ) -> None:
         self._dispatcher = dispatcher
         self._connections = connections
         self._clock = clock
         self._patience = patience
+        self._tick = tick
 
     def stopService(self) -> Deferred[None]:
         Service.stopService(self)
         waiting = self._dispatcher.callers_waiting
         self._dispatcher.close()
-        open_connections = self._connections()
-        for transport in open_connections:
-            transport.loseConnection()
         log.info(
-            "stopping: answered {waiting} waiting callers 503, closing {connections} connections",
+            "stopping: answered {waiting} waiting callers 503, closing {connections} "
+            "connections once their answers are written",
             waiting=waiting,
-            connections=len(open_connections),
+            connections=len(self._connections),
         )
         done: Deferred[None] = Deferred()
         deadline = self._clock.seconds() + self._patience
 
         def check() -> None:
-            if not self._connections() or self._clock.seconds() >= deadline:
+            still_open = self._connections.close_idle()
+            if not still_open:
+                done.callback(None)
+            elif self._clock.seconds() >= deadline:
+                log.warn(
+                    "stopping: {connections} connections still writing after {patience}s "
+                    "are cut off",
+                    connections=still_open,
+                    patience=self._patience,
+                )
                 done.callback(None)
             else:
-                self._clock.callLater(0.02, check)
+                self._clock.callLater(self._tick, check)
 
         check()
         return done

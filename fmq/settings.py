@@ -36,6 +36,7 @@ class HttpSettings:
     backlog: int
     max_waiting: int
     access_log: bool
+    drain_timeout: float
 
 
 @attrs.frozen

@@ -17,11 +17,12 @@ from twisted.python import usage
 from fmq import __version__
 from fmq.admin import Admin
 from fmq.brokers.factory import make_broker
+from fmq.connections import Connections
 from fmq.dispatch import Dispatcher
 from fmq.keys import load_collapse_key
 from fmq.logs import make_observer
 from fmq.metrics import Metrics
-from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm, site_connections
+from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm
 from fmq.settings import IniFile, Settings, SettingsError, load_settings
 from fmq.web import AccessLogSite, Front, QuietSite
 
@@ -112,7 +113,9 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
         if settings.http.access_log
         else QuietSite(resource, reactor=reactor)
     )
-    Drain(dispatcher, site_connections(reactor, site), reactor).setServiceParent(root)
+    connections = Connections()
+    connections.track(site)
+    Drain(dispatcher, connections, reactor, settings.http.drain_timeout).setServiceParent(root)
     _listen(root, reactor, settings.http.interface, settings.http.port, site, settings.http.backlog)
 
     admin = Admin(broker, settings.broker.type, dispatcher, reactor, metrics)

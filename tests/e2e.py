@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -228,3 +229,46 @@ class HeldBackend(DirectoryBackend):
 
     def requests(self) -> list[str]:
         return sorted(p.name for p in self.directory.glob("*.req"))
+
+
+class SlowReader:
+    """
+    A raw HTTP/1.1 caller on a small receive buffer, in a thread: it reads the
+    first C{head_start} bytes of its answer, waits until told to go on, then
+    reads the rest in small pieces until the server closes.
+    """
+
+    def __init__(self, port: int, target: bytes, head_start: int = 1 << 20) -> None:
+        self.received = 0
+        self.data = b""
+        self.error: BaseException | None = None
+        self.go = threading.Event()
+        self._port, self._target, self._head_start = port, target, head_start
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def _run(self) -> None:
+        chunks = []
+        try:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+                s.settimeout(PATIENCE)
+                s.connect(("127.0.0.1", self._port))
+                s.sendall(b"GET %s HTTP/1.1\r\nHost: fmq\r\n\r\n" % self._target)
+                while True:
+                    if self.received >= self._head_start and not self.go.wait(PATIENCE):
+                        raise AssertionError("never told to go on")
+                    chunk = s.recv(16384)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    self.received += len(chunk)
+                    if self.go.is_set():
+                        time.sleep(0.001)
+        except BaseException as e:
+            self.error = e
+        self.data = b"".join(chunks)

@@ -4,12 +4,14 @@ Tests for L{fmq.dispatch}: collapse and naive modes over a L{MemoryBroker}.
 
 from __future__ import annotations
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from fmq.dispatch import Dispatcher
 from fmq.errors import (
+    BrokerFailed,
     BrokerUnavailable,
     CallerTimeout,
     MalformedResponse,
@@ -296,3 +298,130 @@ class NaiveTests(DispatcherMixin, SynchronousTestCase):
         answer = dispatcher.handle(caller())
         self.broker.withdraw(self.broker.sent[0])
         self.failureResultOf(answer, Withdrawn)
+
+
+class BrokenBroker(MemoryBroker):
+    """
+    A L{MemoryBroker} whose first C{submit} calls misbehave as told, then
+    behave.
+
+    @ivar faults: for each coming call, an exception to raise or a value to
+        return instead of submitting.
+    """
+
+    def __init__(self, clock: Clock, faults: list[object]) -> None:
+        super().__init__(clock, request_ttl=TTL)
+        self.faults = faults
+
+    def submit(self, request):
+        if self.faults:
+            fault = self.faults.pop(0)
+            if isinstance(fault, Exception):
+                raise fault
+            return fault
+        return super().submit(request)
+
+
+class BrokenBrokerTests(SynchronousTestCase):
+    """
+    A broker with a bug (its C{submit} raises, returns no Deferred, or fails
+    with an error brokers must not give) ends that group with 502, logged
+    once with its traceback; the next identical caller makes a new request.
+    """
+
+    def check(self, fault: object, logged: type[Exception]) -> None:
+        clock = Clock()
+        broker = BrokenBroker(clock, [fault])
+        broker.startService()
+        dispatcher = Dispatcher(broker, clock, TIMEOUT, method_and_path)
+        failed = dispatcher.handle(caller())
+        self.failureResultOf(failed, BrokerFailed)
+        self.assertEqual(len(self.flushLoggedErrors(logged)), 1)
+        self.assertEqual(dispatcher.callers_waiting, 0)
+        self.assertEqual(dispatcher.errors["broker_failed"], 1)
+        again = dispatcher.handle(caller())
+        self.assertEqual(len(broker.sent), 1)
+        broker.respond(broker.sent[0], b"200\nfine")
+        self.assertEqual(self.successResultOf(again).body, b"fine")
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_submit_raises(self) -> None:
+        """
+        C{submit} raising ends the group with L{BrokerFailed} (502).
+        """
+        self.check(ZeroDivisionError("bug"), ZeroDivisionError)
+
+    def test_submit_returns_no_deferred(self) -> None:
+        """
+        C{submit} returning something other than a Deferred is taken as a bug.
+        """
+        self.check(None, TypeError)
+
+    def test_submit_fails_with_a_stranger(self) -> None:
+        """
+        A Deferred failing with an error that is not a L{BrokerRequestFailed}
+        gives L{BrokerFailed}, not a 500.
+        """
+        self.check(fail(KeyError("bug")), KeyError)
+
+
+class ReentrancyTests(DispatcherMixin, SynchronousTestCase):
+    """
+    Answering a caller can synchronously run code that joins or leaves the
+    same group (HTTP pipelining: the next request on that connection is
+    parsed at once); the dispatcher's bookkeeping survives it.
+    """
+
+    def test_join_while_timing_out_keeps_the_oldest_callers_timer(self) -> None:
+        """
+        A caller joining from a timed-out caller's errback does not delay
+        the timeout of those who waited longer.
+        """
+        dispatcher = self.dispatcher()
+        pipelined: list[Deferred[BrokerResponse]] = []
+        first = dispatcher.handle(caller())
+        first.addErrback(lambda f: pipelined.append(dispatcher.handle(caller())))
+        self.clock.advance(30)
+        second = dispatcher.handle(caller())
+        self.clock.advance(30)
+        self.assertEqual(len(pipelined), 1)
+        self.assertNoResult(second)
+        self.clock.advance(30)
+        self.failureResultOf(second, CallerTimeout)
+        self.assertNoResult(pipelined[0])
+        self.clock.advance(30)
+        self.failureResultOf(pipelined[0], CallerTimeout)
+        self.assertEqual(len(self.broker.sent), 1)
+        self.assertEqual(dispatcher.callers_waiting, 0)
+
+    def test_leave_while_timing_out(self) -> None:
+        """
+        A caller cancelled from another's timeout errback, when both time out
+        together, ends once (cancelled), and the counts stay right.
+        """
+        dispatcher = self.dispatcher()
+        first = dispatcher.handle(caller())
+        second = dispatcher.handle(caller())
+        ended: list[Failure] = []
+        first.addErrback(lambda f: (ended.append(f), second.cancel()))
+        self.clock.advance(TIMEOUT)
+        self.assertEqual([f.type for f in ended], [CallerTimeout])
+        self.failureResultOf(second, CancelledError)
+        self.assertEqual(dispatcher.callers_waiting, 0)
+        self.assertEqual(dispatcher.caller_timeouts, 1)
+
+    def test_leave_while_answered(self) -> None:
+        """
+        A caller cancelled from another's errback while an error is handed
+        out ends once (cancelled) and is not counted as answered with it.
+        """
+        dispatcher = self.dispatcher()
+        first = dispatcher.handle(caller())
+        second = dispatcher.handle(caller())
+        ended: list[Failure] = []
+        first.addErrback(lambda f: (ended.append(f), second.cancel()))
+        self.broker.respond(self.broker.sent[0], b"nonsense")
+        self.assertEqual([f.type for f in ended], [MalformedResponse])
+        self.failureResultOf(second, CancelledError)
+        self.assertEqual(dispatcher.callers_waiting, 0)
+        self.assertEqual(dict(dispatcher.errors), {"malformed": 1})

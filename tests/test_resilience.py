@@ -18,7 +18,7 @@ import pytest
 import pytest_twisted
 
 from fmq.protocol import broker_key
-from tests.e2e import answers, eventually
+from tests.e2e import PATIENCE, SlowReader, answers, eventually
 
 
 async def codes(deferreds) -> list[int | str]:
@@ -197,6 +197,34 @@ async def test_sigterm_with_callers_waiting(make_fmq, backends) -> None:
     assert (await fmq.health())["broker"]["in_flight"] == 2
     backend.release()
     assert await answers([fmq.get("/t1")]) == [(200, b"after restart")]
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_lets_a_slow_reader_have_its_whole_answer(make_fmq) -> None:
+    """
+    SIGTERM while a 20 MB answer is being written to a slow reader: the
+    reader gets every byte its Content-Length promised, then fmq exits 0.
+    """
+    fmq = await make_fmq(http={"drain_timeout": PATIENCE})
+    body = bytes(range(256)) * (20 * 1024 * 1024 // 256)
+    reader = SlowReader(fmq.port, b"/big")
+    request = request_file(fmq, b"/big")
+    await eventually(request.exists, "the request file")
+    written = request.with_name("answer.tmp")
+    written.write_bytes(b"200\n" + body)
+    written.rename(request.with_suffix(".resp"))
+    await eventually(lambda: reader.received >= 1 << 20, "the first megabyte")
+
+    fmq.process.send_signal(signal.SIGTERM)
+    await eventually(lambda: "stopping: answered" in fmq.log_text(), "the drain to begin")
+    reader.go.set()
+    assert await fmq.exited() == 0
+    await eventually(lambda: reader.done, "the reader to finish")
+    assert reader.error is None
+    head, _, got = reader.data.partition(b"\r\n\r\n")
+    assert b"content-length: %d" % len(body) in head.lower()
+    assert len(got) == len(body)
+    assert got == body
 
 
 @pytest_twisted.ensureDeferred
