@@ -39,6 +39,24 @@ class BrokerFailed(BrokerRequestFailed):
     kind = "broker_failed"
 
 
+class NotARegularFile(MalformedResponse):
+    """
+    The backend's answer is a symbolic link, a FIFO, a directory or a device:
+    it is removed unread (a link, never its target).
+    """
+
+    reason = "the backend's answer is not a regular file"
+
+
+class AnswerTooLarge(MalformedResponse):
+    """
+    The backend's answer is larger than C{max_answer_bytes}: it is removed unread.
+    """
+
+    reason = "the backend's answer is larger than this service accepts"
+    kind = "too_large"
+
+
 class BrokerUnavailable(BrokerRequestFailed):
     """
     The broker cannot take requests now (directory missing, not writable, full).

@@ -54,6 +54,7 @@ class BrokerSettings:
     settle_time: float
     check_interval: float
     delete_retry_max: float
+    max_answer_bytes: int
 
 
 @attrs.frozen

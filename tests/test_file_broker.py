@@ -14,8 +14,9 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from fmq.brokers.answerfile import ResponseFile
 from fmq.brokers.file import FileBroker
-from fmq.brokers.fs import FileSystem, ResponseFile
+from fmq.brokers.fs import FileSystem
 from fmq.brokers.layout import LOCK_NAME, retry_delay, settled
 from fmq.brokers.lock import LockHeld
 from fmq.errors import BrokerUnavailable, Overloaded, RequestExpired, ShuttingDown
@@ -56,9 +57,11 @@ class FaultyFileSystem(FileSystem):
         super().unlink(path)
         self.unlinked.append(path.name)
 
-    def read_response(self, path: Path, lease: bool = True) -> ResponseFile | None:
+    def read_response(
+        self, path: Path, max_bytes: int | None = None, lease: bool = True
+    ) -> ResponseFile | None:
         self._fault("read")
-        found = super().read_response(path, lease=lease)
+        found = super().read_response(path, max_bytes, lease)
         if found is not None and self.closed is None:
             return ResponseFile(found.data, found.inode, found.size, found.mtime_ns, None)
         return found
@@ -232,7 +235,9 @@ class FileBrokerTests(SynchronousTestCase):
         """
         reads: list[str] = []
         original = self.fs.read_response
-        self.fs.read_response = lambda path, **kw: reads.append(path.name) or original(path, **kw)
+        self.fs.read_response = lambda path, *a, **kw: (
+            reads.append(path.name) or original(path, *a, **kw)
+        )
         return reads
 
     def test_stale_answer_removed_before_next_request(self) -> None:
@@ -373,7 +378,7 @@ class FileBrokerTests(SynchronousTestCase):
         answer = self.broker.submit(request)
         self.backend.answer(request, b"200\nok")
         original = self.fs.read_response
-        self.fs.read_response = lambda path: 1 / 0
+        self.fs.read_response = lambda path, *a, **kw: 1 / 0
         self.backend.deliver()
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.fs.read_response = original
@@ -501,7 +506,9 @@ class FileBrokerTests(SynchronousTestCase):
             (self.directory / f"{n:032x}.resp").write_bytes(b"200\n")
         reads: list[Path] = []
         original = self.fs.read_response
-        self.fs.read_response = lambda path, **kw: reads.append(path) or original(path, **kw)
+        self.fs.read_response = lambda path, *a, **kw: (
+            reads.append(path) or original(path, *a, **kw)
+        )
         self.backend.deliver()
         self.assertEqual(reads, [])
         self.assertEqual(self.names(), [])
@@ -691,7 +698,9 @@ class WatchTests(SynchronousTestCase):
         self.backend = FileBackend(self.directory, self.clock)
         self.reads: list[str] = []
         original = self.fs.read_response
-        self.fs.read_response = lambda path: self.reads.append(path.name) or original(path)
+        self.fs.read_response = lambda path, *a, **kw: (
+            self.reads.append(path.name) or original(path, *a, **kw)
+        )
 
     def make(self, directory: Path, on_file) -> FakeWatcher:
         watcher = FakeWatcher(directory, on_file, self.fail_watch)

@@ -2,8 +2,9 @@
 Property tests of the file broker's state machine (L{fmq.brokers.keystate}),
 on its own: no reactor, no files. A model directory and a model backend carry
 the machine's actions out, and hypothesis plays every interleaving of
-requests, answers (late ones included), events, withdrawals, expiries,
-undeletable files, failed writes, adoption and the directory coming and going.
+requests, answers (late ones included, and refused ones: links), events,
+withdrawals, expiries, undeletable files, failed writes, adoption and the
+directory coming and going.
 
 The default run takes a few seconds. For a long run (at least 5,000
 examples per property)::
@@ -46,6 +47,10 @@ class Answer:
     mtime: int
 
 
+#: a C{.resp} that the reader refuses whatever its age (a link, a FIFO, too large)
+LINK = "link"
+
+
 class Model:
     """
     A directory, a backend and a shell around one L{KeyTable}.
@@ -58,6 +63,7 @@ class Model:
         self.rids: dict[int, str] = {}
         self.ended: Counter[int] = Counter()
         self.delivered: list[tuple[int, Answer]] = []
+        self.refused: list[int] = []
         self.prepared: list[tuple[str, Answer]] = []
         self.undeletable = 0
         self.write_fails = 0
@@ -99,6 +105,14 @@ class Model:
         answer = self.files.get(f"{key}.resp")
         state = self.table.get(key)
         assert state is not None and state.rid == rid
+        if answer == LINK:
+            for action in self.table.answer_refused(key, rid):
+                if isinstance(action, End):
+                    self.refused.append(action.rid)
+                self.run([action])
+            state = self.table.get(key)
+            assert f"{key}.resp" not in self.files or (state and state.cleaning), "a link kept"
+            return
         if not isinstance(answer, Answer) or answer.mtime < state.written_ns:
             return  # none, or older than the request: the reader's rule
         for action in self.table.answer_read(key, rid):
@@ -154,6 +168,8 @@ class Model:
         elif event == "rename" and self.prepared:  # renamed into place, maybe late
             key, answer = self.prepared.pop(argument % len(self.prepared))
             self.files[f"{key}.resp"] = answer
+        elif event == "link":  # the backend puts a link where the answer goes
+            self.files[f"{key}.resp"] = LINK
         elif event == "seen":  # an event, or the scan, sees the key's answer
             if f"{key}.resp" in self.files:
                 self.run(self.table.answer_seen(key))
@@ -186,6 +202,8 @@ class Model:
         assert all(count == 1 for count in self.ended.values()), "a request ended twice"
         answers = [id(answer) for _, answer in self.delivered]
         assert len(answers) == len(set(answers)), "an answer delivered twice"
+        delivered = {rid for rid, _ in self.delivered}
+        assert not delivered & set(self.refused), "a refused request got an answer"
         for rid, answer in self.delivered:
             owner = answer.rid
             while owner in self.joined:
@@ -218,8 +236,8 @@ class Model:
 events = st.lists(
     st.tuples(
         st.sampled_from(
-            ["submit", "submit", "prepare", "rename", "rename", "seen", "seen", "withdraw",
-             "expire", "undeletable", "write_fails", "retry", "retry", "lost"]
+            ["submit", "submit", "prepare", "rename", "rename", "link", "seen", "seen",
+             "withdraw", "expire", "undeletable", "write_fails", "retry", "retry", "lost"]
         ),
         st.integers(0, 50),
     ),

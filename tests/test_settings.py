@@ -61,6 +61,12 @@ class DefaultsTests(SynchronousTestCase):
             ("file", self.base / "var" / "broker", 0.05, 300.0),
         )
 
+    def test_max_answer_bytes(self) -> None:
+        """
+        Answers of up to 64 MiB are read by default.
+        """
+        self.assertEqual(self.settings.broker.max_answer_bytes, 64 * 1024 * 1024)
+
     def test_service(self) -> None:
         """
         The service defaults to collapse mode keyed by method and path.

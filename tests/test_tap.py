@@ -224,6 +224,13 @@ class MakeBrokerTests(SynchronousTestCase):
         self.assertIsInstance(broker, FileBroker)
         self.assertEqual(broker.directory, settings.broker.directory)
 
+    def test_file_answer_cap(self) -> None:
+        """
+        The file broker gets C{max_answer_bytes}.
+        """
+        broker = make_broker(self.settings(max_answer_bytes="1000"), MemoryReactorClock())
+        self.assertEqual(broker._reader.max_bytes, 1000)
+
     def test_amqp(self) -> None:
         """
         C{type = amqp} gives an L{AmqpBroker}, not yet connected.

@@ -33,6 +33,7 @@ def file_broker(settings: Settings, reactor: Any) -> IBroker:
         settle_time=broker.settle_time,
         delete_retry_max=broker.delete_retry_max,
         check_interval=broker.check_interval,
+        max_answer_bytes=broker.max_answer_bytes,
         watcher=watcher,
     )
 

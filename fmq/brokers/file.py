@@ -26,7 +26,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from fmq.brokers.fs import OVERLOAD_ERRNOS, FileSystem, ResponseFile
+from fmq.brokers.answerfile import ResponseFile
+from fmq.brokers.fs import OVERLOAD_ERRNOS, FileSystem
 from fmq.brokers.guard import DirectoryGuard
 from fmq.brokers.janitor import Janitor
 from fmq.brokers.keystate import Action, Delete, Deliver, End, Join, KeyTable, Read, Write
@@ -37,7 +38,7 @@ from fmq.brokers.layout import (
     sort_leftovers,
     ttl_left,
 )
-from fmq.brokers.reader import AnswerReader, Found, Unsettled
+from fmq.brokers.reader import AnswerReader, Found, Refused, Unsettled
 from fmq.brokers.watch import WatcherFactory
 from fmq.errors import (
     BrokerRequestFailed,
@@ -55,7 +56,6 @@ from fmq.protocol import (
     BrokerResponse,
     decode_request,
     encode_request,
-    parse_response,
 )
 
 __all__ = ["FileBroker"]
@@ -96,6 +96,7 @@ class FileBroker(Service):
         delete_retry_max: float,
         check_interval: float = 0.5,
         rescan_interval: float = 1.0,
+        max_answer_bytes: int | None = None,
         fs: FileSystem | None = None,
         watcher: WatcherFactory | None = None,
     ) -> None:
@@ -104,6 +105,8 @@ class FileBroker(Service):
             the directory.
         @param rescan_interval: seconds between scans while a watcher does
             (never less than C{poll_interval}): a net for lost events.
+        @param max_answer_bytes: a larger answer is refused (502) unread;
+            C{None}: no cap.
         @param watcher: makes the watcher that tells of files as they arrive;
             C{None} to rely on the scan alone.
         """
@@ -121,7 +124,7 @@ class FileBroker(Service):
         self._guard = DirectoryGuard(
             self.directory, self._fs, watcher, self._notified, self._lost, self._back
         )
-        self._reader = AnswerReader(self.directory, self._fs, clock, settle_time)
+        self._reader = AnswerReader(self.directory, self._fs, clock, settle_time, max_answer_bytes)
         self._janitor = Janitor(self.directory, self._fs, clock, self._keys, self._run)
         self._scan_loop: LoopingCall | None = None
         self._check_loop: LoopingCall | None = None
@@ -322,13 +325,19 @@ class FileBroker(Service):
     def _scan_safely(self) -> None:
         """
         Look at every answer in the directory: one listing, whatever waits.
+        Not while the directory is unusable: the guard says so, once.
         """
+        if not self.available:
+            return
         try:
             names = self._fs.list_names(self.directory)
         except OSError as e:
-            self.log.warn(
-                "cannot list {directory}: {error}", directory=str(self.directory), error=e.strerror
-            )
+            if self._fs.probe(self.directory) is None:  # else the guard says it, once
+                self.log.warn(
+                    "cannot list {directory}: {error}",
+                    directory=str(self.directory),
+                    error=e.strerror,
+                )
             return
         for key in answer_keys(names):
             self._seen(key, complete=False)
@@ -369,6 +378,14 @@ class FileBroker(Service):
                     self._deliver(action.rid, seen.answer)
                 else:
                     self._run([action])
+        elif isinstance(seen, Refused):
+            self.log.warn(
+                "refused {key}.resp for {request}: {error}",
+                key=key,
+                request=self._requests[rid].request.line,
+                error=str(seen.why),
+            )
+            self._run(self._keys.answer_refused(key, rid), seen.why)
 
     def _deliver(self, rid: int, found: ResponseFile) -> None:
         # Delivered before the files are deleted, for latency. The key stays
@@ -378,7 +395,7 @@ class FileBroker(Service):
             record.expiry.cancel()
         request = record.request
         try:
-            response = parse_response(found.data)
+            response = found.response()
         except MalformedResponse as e:
             self.log.warn(
                 "malformed response in {key}.resp for {request}: {error}",

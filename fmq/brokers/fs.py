@@ -8,34 +8,17 @@ can make any of them fail on demand.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import stat
 from pathlib import Path
 
-import attrs
-
+from fmq.brokers.answerfile import ResponseFile, read_answer
 from fmq.brokers.layout import temporary_name
+
+__all__ = ["OVERLOAD_ERRNOS", "FileSystem", "ResponseFile"]
 
 #: errno values that mean this process is short of descriptors.
 OVERLOAD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
-
-
-@attrs.frozen
-class ResponseFile:
-    """
-    A response file as read, with its identity.
-
-    @ivar closed: C{True} when no process had the file open for writing as it
-        was read; C{None} when that cannot be known here (no lease rights), so
-        the caller must wait for the file to settle instead.
-    """
-
-    data: bytes
-    inode: int
-    size: int
-    mtime_ns: int
-    closed: bool | None
 
 
 class FileSystem:
@@ -69,48 +52,26 @@ class FileSystem:
             raise
         return mtime_ns
 
-    def read_response(self, path: Path, lease: bool = True) -> ResponseFile | None:
+    def read_response(
+        self, path: Path, max_bytes: int | None = None, lease: bool = True
+    ) -> ResponseFile | None:
         """
-        Read a response file, unless a process still has it open for writing.
-
-        A read lease is refused (C{EAGAIN}) while any process has the file
-        open for writing; that is how a backend writing in place is told
-        apart from one that has finished.
-
-        @param lease: C{False} to read it as it is, without asking (it has
-            settled).
-        @return: the file, or C{None} while it is open for writing.
-        @raise FileNotFoundError: there is no such file.
+        Read a response file, unless a process still has it open for writing;
+        see L{read_answer}.
         """
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            closed: bool | None = True if lease else None
-            try:
-                if lease:
-                    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-            except OSError as e:
-                if e.errno == errno.EAGAIN:
-                    return None
-                closed = None
-            try:
-                st = os.fstat(fd)
-                chunks = []
-                while chunk := os.read(fd, max(st.st_size, 65536)):
-                    chunks.append(chunk)
-            finally:
-                if closed:
-                    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-            return ResponseFile(b"".join(chunks), st.st_ino, st.st_size, st.st_mtime_ns, closed)
-        finally:
-            os.close(fd)
+        return read_answer(path, max_bytes, lease)
 
     def unlink(self, path: Path) -> None:
         """
-        Delete C{path}.
+        Delete C{path}: a file, a link (never its target), or an empty
+        directory a backend made where an answer should be.
 
         @raise OSError: it could not be deleted (C{FileNotFoundError} if absent).
         """
-        os.unlink(path)
+        try:
+            os.unlink(path)
+        except IsADirectoryError:
+            os.rmdir(path)
 
     def probe(self, directory: Path) -> OSError | None:
         """

@@ -4,7 +4,8 @@ Keeping the broker directory usable: created, locked, checked, watched.
 The guard says when the directory stops being usable (missing, not a
 folder, not writable, full, replaced, locked by another process) and when it
 is back; each change is logged once. While it is usable, a watcher (inotify)
-tells of files as they arrive, made again whenever the directory is.
+tells of files as they arrive, made again whenever the directory is; where
+none can be had (the system's inotify limits reached), the scan does.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class DirectoryGuard:
         self._watcher: Watcher | None = None
         self.available = False
         self._lost_logged = False
+        self._watch_failed = False
 
     @property
     def watching(self) -> bool:
@@ -147,19 +149,29 @@ class DirectoryGuard:
         self._on_lost()
 
     def _arm(self) -> None:
+        """
+        Watch the directory if a watcher can; else the scan does, with one
+        warning per fallback. Never makes the directory unavailable.
+        """
         self._disarm()
         if self._make_watcher is None:
             return
-        watcher = self._make_watcher(self.directory, self._on_file)
         try:
+            watcher = self._make_watcher(self.directory, self._on_file)
             watcher.start()
         except OSError as e:
-            self.log.warn(
-                "cannot watch {directory} ({error}); relying on the scan",
-                directory=str(self.directory),
-                error=e.strerror or str(e),
-            )
+            if not self._watch_failed:  # once, not at every return of the directory
+                self.log.warn(
+                    "cannot watch {directory} ({error}); relying on the scan",
+                    directory=str(self.directory),
+                    error=e.strerror or str(e),
+                )
+            self._watch_failed = True
             return
+        except Exception:
+            self.log.failure("unexpected error watching {directory}", directory=str(self.directory))
+            return
+        self._watch_failed = False
         self._watcher = watcher
 
     def _disarm(self) -> None:

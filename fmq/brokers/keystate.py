@@ -10,8 +10,8 @@ One file name per key means one request per key at a time. A key is:
     come meanwhile queue until the names are free.
 
 Each transition is a method that takes an event (submitted, written, answer
-seen, answer read, deleted, delete failed, withdrawn, expired, adopted,
-directory lost) and returns the L{Action}s the I/O shell must carry out, in
+seen, answer read, answer refused, deleted, delete failed, withdrawn,
+expired, adopted, directory lost) and returns the L{Action}s the I/O shell must carry out, in
 order. Nothing here touches a file, a clock or a Deferred, in the spirit of
 h11's C{_state.py}: the shell (L{fmq.brokers.file}) does the I/O and feeds
 the outcome back in.
@@ -275,6 +275,16 @@ class KeyTable:
         if state is None or state.rid != rid:
             return []
         return [Deliver(rid), *self._clean(key, state)]
+
+    def answer_refused(self, key: str, rid: int) -> list[Action]:
+        """
+        C{rid}'s answer is not one fmq reads (a link, not a regular file, too
+        large): C{rid} ends, and both files are deleted.
+        """
+        state = self._keys.get(key)
+        if state is None or state.rid != rid:
+            return []
+        return [End(rid), *self._clean(key, state)]
 
     def withdraw(self, key: str, rid: int) -> list[Action]:
         """

@@ -23,7 +23,10 @@ class Watcher(Protocol):
 
     def start(self) -> None:
         """
-        Begin watching. @raise OSError: the directory cannot be watched.
+        Begin watching.
+
+        @raise OSError: the directory cannot be watched (the system's limits
+            reached, say); the caller falls back to scanning.
         """
 
     def stop(self) -> None:
@@ -58,6 +61,11 @@ class InotifyWatcher:
     Twisted drops C{IN_Q_OVERFLOW}, and an C{INotify} whose directory is
     deleted stops for good: the broker's scan and its availability check
     (which makes a new watcher) cover both.
+
+    Twisted raises C{INotifyError}, not an C{OSError}, when the kernel's
+    limits are reached (C{fs.inotify.max_user_instances} at C{inotify_init},
+    C{max_user_watches} at C{inotify_add_watch}); L{start} turns it into an
+    C{OSError} naming the limit, as L{Watcher} promises.
     """
 
     def __init__(self, reactor: Any, directory: Path, on_file: OnFile) -> None:
@@ -69,7 +77,13 @@ class InotifyWatcher:
     def start(self) -> None:
         from twisted.internet import inotify
 
-        notifier = inotify.INotify(self._reactor)
+        try:
+            notifier = inotify.INotify(self._reactor)
+        except inotify.INotifyError:
+            raise OSError(
+                "no inotify instance to be had (fs.inotify.max_user_instances"
+                " reached, or out of file descriptors)"
+            ) from None
         try:
             notifier.startReading()
             notifier.watch(
@@ -77,6 +91,12 @@ class InotifyWatcher:
                 mask=inotify.IN_MOVED_TO | inotify.IN_CLOSE_WRITE,
                 callbacks=[self._event],
             )
+        except inotify.INotifyError:
+            notifier.loseConnection()
+            raise OSError(
+                "cannot add an inotify watch (fs.inotify.max_user_watches reached,"
+                " or the directory is gone)"
+            ) from None
         except Exception:
             notifier.loseConnection()
             raise
