@@ -21,17 +21,8 @@ import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fmq.brokers.keystate import (
-    Action,
-    Delete,
-    Deliver,
-    End,
-    Join,
-    KeyTable,
-    Read,
-    RetryDelete,
-    Write,
-)
+from fmq.brokers.actions import Action, Delete, Deliver, End, Join, Read, RetryDelete, Write
+from fmq.brokers.keystate import KeyTable
 
 EXAMPLES = 5_000 if os.environ.get("FMQ_HYPOTHESIS") == "extended" else 300
 KEYS = ["a", "a", "a", "b"]  # mostly one key: the turn-taking is per key

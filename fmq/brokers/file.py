@@ -26,11 +26,12 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from fmq.brokers.actions import Action, Delete, Deliver, End, Join, Read, Write
 from fmq.brokers.answerfile import ResponseFile
 from fmq.brokers.fs import OVERLOAD_ERRNOS, FileSystem
 from fmq.brokers.guard import DirectoryGuard
 from fmq.brokers.janitor import Janitor
-from fmq.brokers.keystate import Action, Delete, Deliver, End, Join, KeyTable, Read, Write
+from fmq.brokers.keystate import KeyTable
 from fmq.brokers.layout import (
     RESPONSE,
     answer_keys,

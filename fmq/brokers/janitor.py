@@ -15,15 +15,16 @@ from pathlib import Path
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from fmq.brokers.actions import Action, RetryDelete
 from fmq.brokers.fs import FileSystem
-from fmq.brokers.keystate import Action, KeyTable, RetryDelete
+from fmq.brokers.keystate import KeyTable
 
 __all__ = ["Janitor"]
 
 
 class Janitor:
     """
-    Carries out L{fmq.brokers.keystate.Delete} for a directory.
+    Carries out L{fmq.brokers.actions.Delete} for a directory.
 
     @ivar retries: attempts to delete a file that had to be retried.
     """

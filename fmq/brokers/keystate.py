@@ -11,10 +11,11 @@ One file name per key means one request per key at a time. A key is:
 
 Each transition is a method that takes an event (submitted, written, answer
 seen, answer read, answer refused, deleted, delete failed, withdrawn,
-expired, adopted, directory lost) and returns the L{Action}s the I/O shell must carry out, in
-order. Nothing here touches a file, a clock or a Deferred, in the spirit of
-h11's C{_state.py}: the shell (L{fmq.brokers.file}) does the I/O and feeds
-the outcome back in.
+expired, adopted, directory lost) and returns the actions
+(L{fmq.brokers.actions}) the I/O shell must carry out, in order. Nothing
+here touches a file, a clock or a Deferred, in the spirit of h11's
+C{_state.py}: the shell (L{fmq.brokers.file}) does the I/O and feeds the
+outcome back in.
 
 Requests are named by C{int} ids the shell gives them.
 """
@@ -22,99 +23,13 @@ Requests are named by C{int} ids the shell gives them.
 from __future__ import annotations
 
 from collections import deque
-from typing import Union
 
 import attrs
 
+from fmq.brokers.actions import Action, Delete, Deliver, End, Join, Read, RetryDelete, Write
 from fmq.brokers.layout import REQUEST, RESPONSE, retry_delay
 
-__all__ = [
-    "Action",
-    "Deliver",
-    "Delete",
-    "End",
-    "Join",
-    "KeyState",
-    "KeyTable",
-    "Read",
-    "RetryDelete",
-    "Sighting",
-    "Write",
-]
-
-
-@attrs.frozen
-class Write:
-    """
-    Write request C{rid}'s C{.req} for C{key}; report L{KeyTable.written}
-    or L{KeyTable.write_failed}.
-    """
-
-    key: str
-    rid: int
-
-
-@attrs.frozen
-class Read:
-    """
-    Look at C{key}'s answer for the request in flight, C{rid}.
-    """
-
-    key: str
-    rid: int
-
-
-@attrs.frozen
-class Deliver:
-    """
-    Hand the answer just read to request C{rid}'s caller; C{rid} has ended.
-    """
-
-    rid: int
-
-
-@attrs.frozen
-class End:
-    """
-    Request C{rid} has ended without an answer (the shell knows why).
-    """
-
-    rid: int
-
-
-@attrs.frozen
-class Join:
-    """
-    Request C{new} takes over the adopted request C{old}: nothing is written,
-    and C{old}'s TTL is C{new}'s.
-    """
-
-    old: int
-    new: int
-
-
-@attrs.frozen
-class Delete:
-    """
-    Delete C{key}'s files named in L{KeyState.cleaning}, in order; report
-    each with L{KeyTable.deleted}, a failure with L{KeyTable.delete_failed}.
-    """
-
-    key: str
-
-
-@attrs.frozen
-class RetryDelete:
-    """
-    Try C{key}'s deletion again in C{delay} seconds.
-    """
-
-    key: str
-    delay: float
-
-
-#: what a transition asks the shell to do (C{Union}: Python 3.9 runs this line)
-Action = Union[Write, Read, Deliver, End, Join, Delete, RetryDelete]  # noqa: UP007
+__all__ = ["KeyState", "KeyTable", "Sighting"]
 
 
 @attrs.frozen
