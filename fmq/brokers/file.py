@@ -7,27 +7,25 @@ request with the same key waits its turn until the first one's files are gone.
 
 This module is the shell. What each key's state is and what to do next is
 decided by L{fmq.brokers.keystate}; the directory is kept usable and watched
-by L{fmq.brokers.guard}; answers are read by L{fmq.brokers.reader} and files
-deleted by L{fmq.brokers.janitor}. Here: the service's life, the requests'
-Deferreds and TTLs, the scan, and carrying the state machine's actions out.
+by L{fmq.brokers.guard}; answers are read by L{fmq.brokers.reader}, files
+deleted by L{fmq.brokers.janitor}, and each request's Deferred and TTL kept
+by L{fmq.brokers.pending}. Here: the service's life, the scan, what an
+earlier run left, and carrying the state machine's actions out.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from pathlib import Path
 
-import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from fmq.brokers.actions import Action, Delete, Deliver, End, Join, Read, Write
-from fmq.brokers.answerfile import ResponseFile
 from fmq.brokers.fs import OVERLOAD_ERRNOS, FileSystem
 from fmq.brokers.guard import DirectoryGuard
 from fmq.brokers.janitor import Janitor
@@ -39,12 +37,12 @@ from fmq.brokers.layout import (
     sort_leftovers,
     ttl_left,
 )
+from fmq.brokers.pending import PendingRequests
 from fmq.brokers.reader import AnswerReader, Found, Refused, Unsettled
 from fmq.brokers.watch import WatcherFactory
 from fmq.errors import (
     BrokerRequestFailed,
     BrokerUnavailable,
-    MalformedResponse,
     Overloaded,
     RequestExpired,
     ShuttingDown,
@@ -60,18 +58,6 @@ from fmq.protocol import (
 )
 
 __all__ = ["FileBroker"]
-
-
-@attrs.define(eq=False)
-class _Request:
-    """
-    One broker request: its caller's Deferred (none for a request adopted
-    from an earlier run that no caller has joined) and its TTL.
-    """
-
-    request: BrokerRequest
-    deferred: Deferred[BrokerResponse] | None
-    expiry: IDelayedCall | None = None
 
 
 @implementer(IBroker)
@@ -120,8 +106,7 @@ class FileBroker(Service):
         self._settle_time = settle_time
         self._fs = fs if fs is not None else FileSystem()
         self._keys = KeyTable(delete_retry_max)
-        self._requests: dict[int, _Request] = {}
-        self._ids = itertools.count()
+        self._requests = PendingRequests(clock, self._expired)
         self._guard = DirectoryGuard(
             self.directory, self._fs, watcher, self._notified, self._lost, self._back
         )
@@ -224,16 +209,14 @@ class FileBroker(Service):
             return fail(ShuttingDown())
         if not self.available:
             return fail(BrokerUnavailable())
-        rid = next(self._ids)
-        deferred: Deferred[BrokerResponse] = Deferred(lambda d: self._cancelled(request.key, rid))
-        self._requests[rid] = _Request(request, deferred, self._expire_in(self._ttl, rid))
+        rid, deferred = self._requests.wait(request, self._ttl, self._cancelled)
         self._run(self._keys.submit(request.key, rid))
         return deferred
 
     def withdraw(self, request: BrokerRequest) -> None:
         state = self._keys.get(request.key)
         for rid in state.requests() if state is not None else []:
-            if self._requests[rid].request is request:
+            if self._requests.request(rid) is request:
                 if debugging():
                     self.log.debug(
                         "withdrew {key}.req ({request}): nobody waits for it",
@@ -263,14 +246,14 @@ class FileBroker(Service):
             elif isinstance(action, Delete):
                 self._janitor.sweep(action.key)
             elif isinstance(action, End):
-                self._end(action.rid, error)
+                self._requests.end(action.rid, error)
             elif isinstance(action, Join):
-                self._join(action.old, action.new)
+                self._requests.join(action.old, action.new)
             else:
                 raise AssertionError(f"cannot carry out {action!r} here")
 
     def _write(self, key: str, rid: int) -> None:
-        request = self._requests[rid].request
+        request = self._requests.request(rid)
         try:
             mtime_ns = self._fs.write_atomic(
                 self.directory / request_name(key), encode_request(request)
@@ -287,28 +270,15 @@ class FileBroker(Service):
         # a backend may answer before any event reaches us
         self._run(self._keys.written(key, rid, mtime_ns))
 
-    def _end(self, rid: int, error: BrokerRequestFailed | None) -> None:
-        record = self._requests.pop(rid, None)
-        if record is None:
-            return
-        if record.expiry is not None and record.expiry.active():
-            record.expiry.cancel()
-        if record.deferred is not None and error is not None:
-            record.deferred.errback(error)
-
-    def _expire_in(self, seconds: float, rid: int) -> IDelayedCall:
-        return self._clock.callLater(seconds, self._expire, rid)
-
-    def _expire(self, rid: int) -> None:
-        record = self._requests[rid]
-        record.expiry = None
+    def _expired(self, rid: int) -> None:
+        request = self._requests.request(rid)
         self.log.warn(
             "no answer for {key} ({request}) within {ttl}s: withdrawn",
-            key=record.request.key,
-            request=record.request.line,
+            key=request.key,
+            request=request.line,
             ttl=self._ttl,
         )
-        self._run(self._keys.expire(record.request.key, rid), RequestExpired())
+        self._run(self._keys.expire(request.key, rid), RequestExpired())
 
     def _cancelled(self, key: str, rid: int) -> None:
         self._run(self._keys.withdraw(key, rid))
@@ -374,55 +344,21 @@ class FileBroker(Service):
             self._keys.sighted(key, rid, seen.sighting)
             self._clock.callLater(self._settle_time, self._look, key, rid)
         elif isinstance(seen, Found):
+            # Delivered before the files are deleted, for latency. The key stays
+            # busy until they are gone, so an answer is never delivered twice.
             for action in self._keys.answer_read(key, rid):
                 if isinstance(action, Deliver):
-                    self._deliver(action.rid, seen.answer)
+                    self._requests.deliver(action.rid, seen.answer)
                 else:
                     self._run([action])
         elif isinstance(seen, Refused):
             self.log.warn(
                 "refused {key}.resp for {request}: {error}",
                 key=key,
-                request=self._requests[rid].request.line,
+                request=self._requests.request(rid).line,
                 error=str(seen.why),
             )
             self._run(self._keys.answer_refused(key, rid), seen.why)
-
-    def _deliver(self, rid: int, found: ResponseFile) -> None:
-        # Delivered before the files are deleted, for latency. The key stays
-        # busy until they are gone, so an answer is never delivered twice.
-        record = self._requests.pop(rid)
-        if record.expiry is not None and record.expiry.active():
-            record.expiry.cancel()
-        request = record.request
-        try:
-            response = found.response()
-        except MalformedResponse as e:
-            self.log.warn(
-                "malformed response in {key}.resp for {request}: {error}",
-                key=request.key,
-                request=request.line,
-                error=str(e),
-            )
-            if record.deferred is not None:
-                record.deferred.errback(e)
-            return
-        if record.deferred is None:
-            self.log.info(
-                "answered the adopted {key}.req ({request}): {status}; nobody was waiting",
-                key=request.key,
-                request=request.line,
-                status=response.status,
-            )
-            return
-        if debugging():
-            self.log.debug(
-                "answered {key}: {status}, {size} bytes",
-                key=request.key,
-                status=response.status,
-                size=len(response.body),
-            )
-        record.deferred.callback(response)
 
     # -- the directory lost, back, and what an earlier run left
 
@@ -468,10 +404,9 @@ class FileBroker(Service):
         except (OSError, ValueError) as e:
             self.log.warn("cannot adopt {key}.req: {error}", key=key, error=str(e))
             return
-        rid = next(self._ids)
         left = ttl_left(self._ttl, st.st_mtime, self._clock.seconds())
         request = BrokerRequest(key, method, target)
-        self._requests[rid] = _Request(request, None, self._expire_in(left, rid))
+        rid = self._requests.adopt(request, left)
         self._run(self._keys.adopt(key, rid, st.st_mtime_ns))
         self.log.info(
             "adopted {key}.req ({request}) left by an earlier run; {left:.0f}s of TTL left",
@@ -479,18 +414,3 @@ class FileBroker(Service):
             request=request.line,
             left=left,
         )
-
-    def _join(self, old: int, new: int) -> None:
-        """
-        The first caller for an adopted request takes it over, TTL and all:
-        nothing is written.
-        """
-        adopted, joining = self._requests.pop(old), self._requests[new]
-        if joining.expiry is not None and joining.expiry.active():
-            joining.expiry.cancel()
-        joining.expiry = None
-        if adopted.expiry is not None and adopted.expiry.active():
-            left = adopted.expiry.getTime() - self._clock.seconds()
-            adopted.expiry.cancel()
-            joining.expiry = self._expire_in(left, new)
-        self.log.info("a caller joined the adopted request {key}", key=joining.request.key)
