@@ -5,7 +5,7 @@ setup(
     version="0.1.0",
     description="An HTTP front for a backend reached through a message broker",
     python_requires=">=3.9",
-    packages=["fmq", "fmq.brokers", "twisted.plugins"],
+    packages=["fmq", "fmq.brokers", "fmq.tools", "twisted.plugins"],
     package_dir={"twisted.plugins": "twisted_plugins"},
     package_data={"fmq": ["configspec.ini"]},
     install_requires=[
@@ -22,8 +22,8 @@ setup(
     ],
     entry_points={
         "console_scripts": [
-            "fmq-backend = fmq.backend:main",
-            "fmq-loadtest = fmq.loadtest:main",
+            "fmq-backend = fmq.tools.backend:main",
+            "fmq-loadtest = fmq.tools.loadtest:main",
         ]
     },
     extras_require={

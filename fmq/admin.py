@@ -43,13 +43,17 @@ class Admin:
         The service's state, as C{/health} shows it.
         """
         available = bool(self._broker.available)
+        broker: dict[str, object] = {
+            "type": self._broker_type,
+            "available": available,
+            "in_flight": self._broker.in_flight(),
+        }
+        blocked = getattr(self._broker, "blocked", None)  # AMQP: RabbitMQ blocks publishers
+        if blocked is not None:
+            broker["blocked"] = bool(blocked)
         return {
             "status": "ok" if available else "unavailable",
-            "broker": {
-                "type": self._broker_type,
-                "available": available,
-                "in_flight": self._broker.in_flight(),
-            },
+            "broker": broker,
             "mode": self._dispatcher.mode,
             "callers_waiting": self._dispatcher.callers_waiting,
             "uptime": round(self._clock.seconds() - self._started, 3),

@@ -2,6 +2,11 @@
 The ways a broker request can end without an answer, each with its HTTP status.
 """
 
+import errno
+
+#: errno values that mean this process is short of descriptors.
+OVERLOAD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
+
 
 class BrokerRequestFailed(Exception):
     """

@@ -113,6 +113,11 @@ class _StateCollector:
                 "1 while the broker can take requests.",
                 int(bool(self._broker.available)),
             ),
+            (
+                "fmq_broker_blocked",
+                "1 while the broker blocks publishers (RabbitMQ's memory or disk alarm).",
+                int(bool(getattr(self._broker, "blocked", False))),
+            ),
             ("fmq_threads", "Threads of the fmq process.", self._process.num_threads()),
         ]:
             yield GaugeMetricFamily(name, text, value=value)

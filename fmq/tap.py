@@ -24,6 +24,7 @@ from fmq.logs import make_observer
 from fmq.metrics import Metrics
 from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm
 from fmq.settings import IniFile, Settings, SettingsError, load_settings
+from fmq.warmup import warm_up
 from fmq.web import AccessLogSite, Front, QuietSite
 
 log = Logger(namespace="fmq")
@@ -119,8 +120,12 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     _listen(root, reactor, settings.http.interface, settings.http.port, site, settings.http.backlog)
 
     admin = Admin(broker, settings.broker.type, dispatcher, reactor, metrics)
-    admin_site = QuietSite(admin.app.resource(), reactor=reactor)
+    admin_resource = admin.app.resource()
+    admin_site = QuietSite(admin_resource, reactor=reactor)
     _listen(root, reactor, settings.admin.interface, settings.admin.port, admin_site, 50)
+    # Lazy imports and first-use file opens now, not at a first burst of
+    # callers that may leave no descriptor for them.
+    warm_up(admin_resource, reactor)
     return root
 
 

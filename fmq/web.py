@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 import time
+from io import BytesIO
 from typing import IO, Any, cast
 
 from klein import Klein
@@ -15,12 +16,16 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.http import NO_BODY_CODES
 from twisted.web.server import Request, Site
 
 from fmq.dispatch import Dispatcher
-from fmq.errors import BrokerRequestFailed
+from fmq.errors import OVERLOAD_ERRNOS, BrokerRequestFailed, Overloaded
 from fmq.keys import CallerRequest
 from fmq.protocol import BrokerResponse
+from fmq.sending import SLICE, SharedBody
+
+log = Logger(namespace="fmq.web")
 
 #: seconds a caller answered 503 is told to wait before trying again.
 RETRY_AFTER = b"1"
@@ -38,7 +43,7 @@ class Front:
         self._dispatcher = dispatcher
 
     @app.route("/", branch=True, strict_slashes=False, merge_slashes=False)
-    def proxy(self, request: Request) -> Deferred[bytes]:
+    def proxy(self, request: Request) -> Deferred[bytes | SharedBody]:
         """
         Answer with the backend's status and body, unchanged.
         """
@@ -47,20 +52,27 @@ class Front:
         answered = answer.addCallbacks(
             _reply, _refuse, callbackArgs=(request,), errbackArgs=(request,)
         )
-        return cast("Deferred[bytes]", answered)
+        return cast("Deferred[bytes | SharedBody]", answered)
 
 
-def _reply(response: BrokerResponse, request: Request) -> bytes:
+def _reply(response: BrokerResponse, request: Request) -> bytes | SharedBody:
     request.setResponseCode(response.status)
     # The file protocol carries no content type; better none than a wrong one.
     request.defaultContentType = None
-    request.setHeader(b"content-length", b"%d" % len(response.body))
-    return response.body
+    body = response.body
+    request.setHeader(b"content-length", b"%d" % len(body))
+    # Twisted sends no body for these, so it copies none either.
+    if len(body) <= SLICE or request.method == b"HEAD" or response.status in NO_BODY_CODES:
+        return body
+    return SharedBody(body)
 
 
 def _refuse(failure: Failure, request: Request) -> bytes:
     failure.trap(BrokerRequestFailed)
-    error = cast(BrokerRequestFailed, failure.value)
+    return _refusal(request, cast(BrokerRequestFailed, failure.value))
+
+
+def _refusal(request: Request, error: BrokerRequestFailed) -> bytes:
     body = f"{error.status} {error.reason}\n".encode()
     request.setResponseCode(error.status)
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -68,6 +80,42 @@ def _refuse(failure: Failure, request: Request) -> bytes:
     if error.status == 503:
         request.setHeader(b"retry-after", RETRY_AFTER)
     return body
+
+
+class FmqRequest(Request):
+    """
+    A request that answers 503, not 500, when this process runs out of file
+    descriptors while handling it (C{EMFILE}, C{ENFILE}), wherever that
+    happens: Klein's routing, a lazy import, a handler.
+    """
+
+    def gotLength(self, length: int | None) -> None:
+        try:
+            Request.gotLength(self, length)
+        except OSError as e:
+            if e.errno not in OVERLOAD_ERRNOS:
+                raise
+            # No descriptor for the temporary file Twisted keeps large bodies in.
+            cast(Any, self).content = BytesIO()  # typed None before gotLength
+
+    def processingFailed(self, reason: Failure) -> Failure:
+        error = reason.value
+        if not (isinstance(error, OSError) and error.errno in OVERLOAD_ERRNOS):
+            return Request.processingFailed(self, reason)
+        log.warn(
+            "out of file descriptors: 503 to {method} {target}: {error}",
+            method=self.method.decode("ascii", "replace"),
+            target=self.uri.decode("ascii", "replace"),
+            error=error.strerror,
+        )
+        if self._disconnected:
+            pass
+        elif self.startedWriting:
+            self.loseConnection()
+        else:
+            self.write(_refusal(self, Overloaded()))
+            self.finish()
+        return reason
 
 
 def _stdout() -> IO[bytes]:
@@ -83,6 +131,8 @@ class QuietSite(Site):
     A L{Site} that writes no access log line per request.
     """
 
+    requestFactory = FmqRequest
+
     def log(self, request: http.Request) -> None:
         pass
 
@@ -93,6 +143,8 @@ class AccessLogSite(Site):
     are collected and written together every C{flush_every} seconds, not one
     write and flush per request through the logging system.
     """
+
+    requestFactory = FmqRequest
 
     def __init__(
         self,

@@ -27,10 +27,10 @@ def make_fmq(tmp_path: Path):
     """
     started: list[FmqProcess] = []
 
-    async def make(*args: str, shell: str = "", **sections) -> FmqProcess:
+    async def make(*args: str, shell: str = "", untouched: bool = False, **sections) -> FmqProcess:
         fmq = FmqProcess(tmp_path, shell, **sections)
         started.append(fmq)
-        await fmq.start(*args)
+        await fmq.start(*args, untouched=untouched)
         return fmq
 
     yield make

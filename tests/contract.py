@@ -166,6 +166,21 @@ async def connect(url: str) -> Any:
     return protocol
 
 
+async def queued(connection, queue: str) -> int | None:
+    """
+    How many messages C{queue} holds, or C{None} if it does not exist.
+    """
+    from pika.exceptions import ChannelClosedByBroker
+
+    channel = await connection.channel()
+    try:
+        frame = await channel.queue_declare(queue=queue, passive=True)
+    except ChannelClosedByBroker:
+        return None
+    channel.close()
+    return frame.method.message_count
+
+
 def rabbitmq_reachable() -> str | None:
     """
     C{None} if RabbitMQ answers at the test URL, else why not.

@@ -22,8 +22,8 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.web.client import HTTPConnectionPool
 
-from fmq.backend import Behaviour, DirectoryBackend
 from fmq.brokers.layout import LOCK_NAME
+from fmq.tools.backend import Behaviour, DirectoryBackend
 
 #: seconds any one thing may take before an end-to-end test gives up
 PATIENCE = 60.0
@@ -120,12 +120,27 @@ class FmqProcess:
             )
         return self.process
 
-    async def start(self, *args: str) -> None:
+    async def start(self, *args: str, untouched: bool = False) -> None:
         """
         Start fmq and wait until it answers C{/health}.
+
+        @param untouched: wait only until its HTTP port accepts connections,
+            so that the test's own traffic is the first fmq serves.
         """
         self.spawn(*args)
-        await eventually(self._healthy, "fmq to answer /health")
+        if untouched:
+            await eventually(self._listening, "fmq to listen")
+        else:
+            await eventually(self._healthy, "fmq to answer /health")
+
+    def _listening(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"fmq exited with {self.process.returncode}:\n{self.log_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=PATIENCE).close()
+        except OSError:
+            return False
+        return True
 
     async def exited(self) -> int:
         """

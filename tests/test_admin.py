@@ -86,6 +86,22 @@ class AdminTests(SynchronousTestCase):
         self.assertEqual(code, 503)
         self.assertEqual(json.loads(body)["status"], "unavailable")
 
+    def test_health_blocked(self) -> None:
+        """
+        A broker that tells whether it is blocked (AMQP: RabbitMQ blocks
+        publishers) shows it in C{/health} and C{fmq_broker_blocked}.
+        """
+        self.assertEqual(self.value("fmq_broker_blocked"), 0)
+        self.broker.blocked = False  # type: ignore[attr-defined]
+        code, body = self.get("/health")
+        self.assertEqual((code, json.loads(body)["broker"]["blocked"]), (200, False))
+        self.broker.blocked = True  # type: ignore[attr-defined]
+        self.broker.available = False
+        code, body = self.get("/health")
+        self.assertEqual(code, 503)
+        self.assertEqual(json.loads(body)["broker"]["blocked"], True)
+        self.assertEqual(self.value("fmq_broker_blocked"), 1)
+
     def test_counters_and_gauges_move(self) -> None:
         """
         Requests, broker requests, collapsed callers, callers waiting and

@@ -1,5 +1,5 @@
 """
-Tests for L{fmq.backend}, the stand-in backend.
+Tests for L{fmq.tools.backend}, the stand-in backend.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from fmq.backend import Behaviour, DirectoryBackend
 from fmq.protocol import BrokerRequest, encode_request
+from fmq.tools.backend import Behaviour, DirectoryBackend
 
 
 class DirectoryBackendTests(SynchronousTestCase):

@@ -14,7 +14,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
-from fmq.loadtest import Outcome, check, dechunk, percentile
+from fmq.tools.loadtest import Outcome, check, dechunk, percentile
 from tests.e2e import ROOT
 
 
@@ -55,7 +55,15 @@ async def test_loadtest_against_fmq(make_fmq, tmp_path) -> None:
     fmq = await make_fmq()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     backend = subprocess.Popen(
-        [sys.executable, "-m", "fmq.backend", "--dir", str(fmq.directory), "--delay", "0.01-0.05"],
+        [
+            sys.executable,
+            "-m",
+            "fmq.tools.backend",
+            "--dir",
+            str(fmq.directory),
+            "--delay",
+            "0.01-0.05",
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -92,7 +100,7 @@ async def run_loadtest(fmq, tmp_path, env):
     }
     return await getProcessOutputAndValue(
         sys.executable,
-        ["-m", "fmq.loadtest"] + [str(x) for pair in arguments.items() for x in pair],
+        ["-m", "fmq.tools.loadtest"] + [str(x) for pair in arguments.items() for x in pair],
         env=env,
         path=str(tmp_path),
         reactor=reactor,

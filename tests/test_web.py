@@ -4,18 +4,24 @@ Tests for L{fmq.web} through the Klein app, with L{StubTreq}.
 
 from __future__ import annotations
 
+import errno
 import io
+import os
 
+from klein import Klein
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 
 from fmq.dispatch import Dispatcher
 from fmq.keys import method_and_path
 from fmq.testing import MemoryBroker
-from fmq.web import AccessLogSite, Front
+from fmq.web import AccessLogSite, Front, QuietSite
 
 TIMEOUT = 60.0
 
@@ -178,3 +184,108 @@ class AccessLogTests(SynchronousTestCase):
         site.log(request)
         site.stopFactory()
         self.assertEqual(len(out.getvalue().splitlines()), 3)
+
+
+class _Raises(Resource):
+    """
+    A resource whose rendering fails with an C{OSError}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, code: int) -> None:
+        super().__init__()
+        self.code = code
+
+    def render(self, request):
+        raise OSError(self.code, os.strerror(self.code))
+
+
+class _Echo(Resource):
+    """
+    A resource that answers with the length of the request body.
+    """
+
+    isLeaf = True
+
+    def render(self, request):
+        return b"%d" % len(request.content.read())
+
+
+def serve(resource: Resource, data: bytes) -> bytes:
+    """
+    What a L{QuietSite} over C{resource} answers to C{data} on a new connection.
+    """
+    transport = StringTransport()
+    channel = QuietSite(resource, reactor=Clock()).buildProtocol(None)
+    channel.makeConnection(transport)
+    channel.dataReceived(data)
+    return transport.value()
+
+
+class OutOfDescriptorsTests(SynchronousTestCase):
+    """
+    Running out of file descriptors while serving a caller is 503, not 500.
+    """
+
+    def setUp(self) -> None:
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def test_emfile_is_503(self) -> None:
+        """
+        C{EMFILE} or C{ENFILE} anywhere in handling a request (here while
+        rendering, where Klein's routing imports lazily) answers 503 with
+        Retry-After and logs one warning, no traceback.
+        """
+        for code in [errno.EMFILE, errno.ENFILE]:
+            del self.events[:]
+            answer = serve(_Raises(code), b"GET /x HTTP/1.1\r\nHost: fmq.test\r\n\r\n")
+            head, _, body = answer.partition(b"\r\n\r\n")
+            self.assertTrue(head.startswith(b"HTTP/1.1 503 "), head)
+            self.assertIn(b"\r\nRetry-After: 1", head)
+            self.assertEqual(body, b"503 service overloaded\n")
+            [event] = [e for e in self.events if e["log_level"] >= LogLevel.warn]
+            self.assertEqual(event["log_level"], LogLevel.warn)
+            self.assertNotIn("log_failure", event)
+            self.assertIn("GET /x", formatEvent(event))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_emfile_in_a_handler_is_503(self) -> None:
+        """
+        C{EMFILE} raised by a Klein handler is 503 too.
+        """
+        app = Klein()
+
+        @app.route("/", branch=True)
+        def handler(request):
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        answer = serve(app.resource(), b"GET /y HTTP/1.1\r\nHost: fmq.test\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 503 "), answer[:60])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_other_errors_are_500(self) -> None:
+        """
+        Any other C{OSError} is still a bug: 500, with its traceback logged.
+        """
+        answer = serve(_Raises(errno.EACCES), b"GET /x HTTP/1.1\r\nHost: fmq.test\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 500 "), answer[:60])
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_large_body_without_descriptors(self) -> None:
+        """
+        A request body Twisted would keep in a temporary file is kept in
+        memory when no descriptor is left for that file.
+        """
+
+        def no_descriptor() -> None:
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        self.patch(http.tempfile, "TemporaryFile", no_descriptor)
+        body = b"x" * 200_000
+        request = b"PUT /x HTTP/1.1\r\nHost: fmq.test\r\nContent-Length: %d\r\n\r\n" % len(body)
+        answer = serve(_Echo(), request + body)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer[:60])
+        self.assertTrue(answer.endswith(b"\r\n\r\n200000"), answer[-60:])

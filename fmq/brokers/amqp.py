@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -22,9 +23,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from fmq.errors import (
+    AnswerTooLarge,
     BrokerRequestFailed,
     BrokerUnavailable,
     MalformedResponse,
@@ -37,6 +40,8 @@ from fmq.logs import debugging
 from fmq.protocol import BrokerRequest, BrokerResponse, encode_request, parse_response
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+#: starts a connection: the protocol, and a Deferred that fires once it is ready
+Dial = Callable[[], tuple[Any, "Deferred[Any]"]]
 #: the header that carries the md5 broker key
 KEY_HEADER = "fmq-key"
 
@@ -60,8 +65,9 @@ class AmqpBroker(Service):
     """
     A broker over RabbitMQ (AMQP 0-9-1), with pika's Twisted adapter.
 
-    @ivar available: C{True} while connected, with the channel set up.
     @ivar dropped_replies: replies with an unknown or already answered id.
+    @ivar blocked: C{True} while RabbitMQ blocks this connection's publishes
+        (C{connection.blocked}: a memory or disk alarm).
     """
 
     log = Logger()
@@ -75,7 +81,16 @@ class AmqpBroker(Service):
         request_ttl: float,
         connect_timeout: float = 10.0,
         reconnect_max: float = 10.0,
+        max_answer_bytes: int | None = None,
+        dial: Dial | None = None,
     ) -> None:
+        """
+        @param max_answer_bytes: a larger reply fails its request with
+            L{AnswerTooLarge} (502); C{None} for no cap. pika has the message
+            in memory by then: the cap keeps it from going further.
+        @param dial: how to connect (for tests); by default TCP to the host
+            and port of C{url}, with pika's Twisted adapter.
+        """
         import pika
 
         self._reactor = reactor
@@ -87,7 +102,11 @@ class AmqpBroker(Service):
         self._ttl = request_ttl
         self._connect_timeout = connect_timeout
         self._reconnect_max = reconnect_max
+        self._max_answer_bytes = max_answer_bytes
+        self._dial = dial or self._dial_tcp
         self._outstanding: dict[str, _Outstanding] = {}
+        # request.id -> its correlation ids, so withdraw finds them at once
+        self._by_request: dict[int, set[str]] = {}
         self._channel: Any = None
         self._connection: Any = None
         self._generation = 0
@@ -95,8 +114,18 @@ class AmqpBroker(Service):
         self._reconnect: IDelayedCall | None = None
         self._stopping = False
         self._down_logged = False
-        self.available = False
+        self._declaring = False
+        self._blocked_since = 0.0
+        self.blocked = False
         self.dropped_replies = 0
+
+    @property
+    def available(self) -> bool:
+        """
+        C{True} while connected, with the channel and the reply consumer set
+        up, and not blocked.
+        """
+        return self._channel is not None and not self.blocked
 
     # -- the service
 
@@ -117,7 +146,7 @@ class AmqpBroker(Service):
         if self._reconnect is not None and self._reconnect.active():
             self._reconnect.cancel()
         self._fail_all(ShuttingDown())
-        self.available = False
+        self._channel = None
         connection, self._connection = self._connection, None
         if connection is not None and connection.is_open:
             closed = connection.closed
@@ -136,7 +165,7 @@ class AmqpBroker(Service):
         if not self.running:
             deferred.errback(ShuttingDown())
             return deferred
-        if not self.available or self._channel is None:
+        if not self.available:
             deferred.errback(BrokerUnavailable())
             return deferred
         properties = self._properties(
@@ -148,6 +177,7 @@ class AmqpBroker(Service):
         )
         expiry = self._reactor.callLater(self._ttl, self._expire, correlation_id)
         self._outstanding[correlation_id] = _Outstanding(request, deferred, expiry)
+        self._by_request.setdefault(request.id, set()).add(correlation_id)
         try:
             published = self._channel.basic_publish(
                 exchange="",
@@ -171,8 +201,8 @@ class AmqpBroker(Service):
         return deferred
 
     def withdraw(self, request: BrokerRequest) -> None:
-        for correlation_id, outstanding in list(self._outstanding.items()):
-            if outstanding.request is request:
+        for correlation_id in list(self._by_request.get(request.id, ())):
+            if self._outstanding[correlation_id].request is request:
                 self._end(correlation_id, Withdrawn())
 
     def in_flight(self) -> int:
@@ -180,11 +210,9 @@ class AmqpBroker(Service):
 
     # -- connecting
 
-    def _connect(self) -> None:
+    def _dial_tcp(self) -> tuple[Any, Deferred[Any]]:
         from pika.adapters.twisted_connection import TwistedProtocolConnection
 
-        self._generation += 1
-        generation = self._generation
         protocol = TwistedProtocolConnection(self._parameters)
         ready = protocol.ready  # it is set to None once it fires
         endpoint = TCP4ClientEndpoint(
@@ -195,11 +223,19 @@ class AmqpBroker(Service):
         )
         connected = connectProtocol(endpoint, protocol)
         connected.addCallback(lambda _: ready)
+        return protocol, connected
+
+    def _connect(self) -> None:
+        self._generation += 1
+        self.blocked = False
+        generation = self._generation
+        protocol, connected = self._dial()
         connected.addTimeout(self._connect_timeout, self._reactor)
         connected.addCallback(lambda _: Deferred.fromCoroutine(self._set_up(protocol, generation)))
         connected.addErrback(self._connect_failed, protocol, generation)
 
     async def _set_up(self, protocol: Any, generation: int) -> None:
+        self._watch_blocked(protocol, generation)
         channel = await protocol.channel()
         await channel.queue_declare(queue=self._queue_name, durable=True)
         await channel.confirm_delivery()
@@ -210,8 +246,8 @@ class AmqpBroker(Service):
         self._connection = protocol
         self._channel = channel
         self._watch_close(protocol, generation)
+        channel.on_closed.addCallback(lambda reason: self._lost(generation, _describe(reason)))
         self._attempt = 0
-        self.available = True
         self._down_logged = False
         self.log.info(
             "connected to RabbitMQ at {host}:{port}; requests go to queue {queue}",
@@ -221,6 +257,40 @@ class AmqpBroker(Service):
         )
         Deferred.fromCoroutine(self._read_replies(replies, generation))
 
+    def _watch_blocked(self, protocol: Any, generation: int) -> None:
+        """
+        Follow C{connection.blocked} and C{connection.unblocked}: while
+        blocked, RabbitMQ reads nothing more from this connection, so a new
+        request would only wait out its caller's timeout.
+        """
+        impl = getattr(protocol, "_impl", None)
+        if impl is None:
+            return
+
+        def blocked(connection: Any, frame: Any) -> None:
+            if generation != self._generation or self.blocked:
+                return
+            self.blocked = True
+            self._blocked_since = self._reactor.seconds()
+            self.log.warn(
+                "RabbitMQ blocks publishers ({reason}): new requests get 503 until it"
+                " unblocks; {in_flight} in flight wait on",
+                reason=getattr(frame.method, "reason", None) or "no reason given",
+                in_flight=len(self._outstanding),
+            )
+
+        def unblocked(connection: Any, frame: Any) -> None:
+            if generation != self._generation or not self.blocked:
+                return
+            self.blocked = False
+            self.log.info(
+                "RabbitMQ unblocked publishers after {seconds:.1f}s; taking requests again",
+                seconds=self._reactor.seconds() - self._blocked_since,
+            )
+
+        impl.add_on_connection_blocked_callback(blocked)
+        impl.add_on_connection_unblocked_callback(unblocked)
+
     def _watch_close(self, protocol: Any, generation: int) -> None:
         """
         Log the broker's own reason for closing (the adapter replaces it
@@ -228,18 +298,15 @@ class AmqpBroker(Service):
         """
         import pika.spec
 
-        reason: dict[str, str] = {}
-
         def closed_by_broker(frame: Any) -> None:
             method = frame.method
-            reason["text"] = f"{method.reply_code} {method.reply_text}"
+            reason = f"connection closed by RabbitMQ: {method.reply_code} {method.reply_text}"
+            self._lost(generation, reason, close=False)  # pika closes it
 
         impl = getattr(protocol, "_impl", None)
         if impl is not None:
             impl.callbacks.add(0, pika.spec.Connection.Close, closed_by_broker)
-        protocol.closed.addBoth(
-            lambda error: self._lost(generation, reason.get("text") or repr(error))
-        )
+        protocol.closed.addBoth(lambda error: self._lost(generation, _describe(error)))
 
     def _connect_failed(self, failure: Any, protocol: Any, generation: int) -> None:
         if generation != self._generation:
@@ -250,24 +317,34 @@ class AmqpBroker(Service):
             pass
         self._down(f"cannot connect: {failure.getErrorMessage() or failure.type.__name__}")
 
-    def _lost(self, generation: int, reason: str) -> None:
+    def _lost(self, generation: int, reason: str, close: bool = True) -> None:
+        """
+        The connection, its channel or the reply consumer is gone: whichever
+        is noticed first ends this connection, once.
+
+        @param close: close the connection if it is still open.
+        """
         if generation != self._generation:
             return
         self._generation += 1  # anything from the old connection is stale now
         self._channel = None
-        self._connection = None
+        self.blocked = False
+        connection, self._connection = self._connection, None
+        if close and connection is not None and connection.is_open:
+            try:
+                connection.close()  # a channel alone is gone: start afresh
+            except Exception:
+                pass
         if self._stopping:
             return
-        self._down(f"connection lost: {reason}")
+        self._down(reason)
 
     def _down(self, reason: str) -> None:
         """
         Not connected: fail what is in flight (its replies can no longer come),
         and try again after a capped backoff.
         """
-        was_up = self.available
-        self.available = False
-        if was_up or not self._down_logged:
+        if not self._down_logged:
             self.log.error(
                 "RabbitMQ at {host}:{port} is unavailable: {reason}",
                 host=self._parameters.host,
@@ -292,19 +369,22 @@ class AmqpBroker(Service):
         while generation == self._generation:
             try:
                 _, _, properties, body = await replies.get()
-            except Exception:
-                return  # the queue is closed with the channel
+            except Exception as e:  # closed with the channel, or cancelled
+                self._lost(generation, _describe(e))
+                return
             self._reply(properties.correlation_id, body)
 
     def _reply(self, correlation_id: str | None, body: bytes) -> None:
-        outstanding = self._outstanding.pop(correlation_id or "", None)
+        outstanding = self._forget(correlation_id or "")
         if outstanding is None:
             self.dropped_replies += 1
             self.log.info("dropped a reply with unknown id {id}", id=correlation_id)
             return
-        if outstanding.expiry.active():
-            outstanding.expiry.cancel()
         try:
+            if self._max_answer_bytes is not None and len(body) > self._max_answer_bytes:
+                raise AnswerTooLarge(
+                    f"{len(body)} bytes, larger than max_answer_bytes ({self._max_answer_bytes})"
+                )
             response = parse_response(body)
         except MalformedResponse as e:
             self.log.warn(
@@ -320,13 +400,45 @@ class AmqpBroker(Service):
     # -- ending a request
 
     def _not_confirmed(self, failure: Any, correlation_id: str) -> None:
-        if correlation_id in self._outstanding:
-            self.log.warn(
-                "request {id} was not confirmed by RabbitMQ: {error}",
-                id=correlation_id,
-                error=failure.type.__name__,
-            )
-            self._end(correlation_id, BrokerUnavailable())
+        from pika.exceptions import NackError, UnroutableError
+
+        if failure.check(UnroutableError):
+            self._declare_again(correlation_id)
+        elif failure.check(NackError) and correlation_id in self._outstanding:
+            self.log.warn("request {id} was refused by RabbitMQ (nack)", id=correlation_id)
+        # else the channel is gone, which is logged once for all
+        self._end(correlation_id, BrokerUnavailable())
+
+    def _declare_again(self, correlation_id: str) -> None:
+        """
+        A request came back unroutable: its queue was deleted. Declare it
+        again, once for however many come back meanwhile.
+        """
+        channel = self._channel
+        if channel is None or self._declaring:
+            return
+        self._declaring = True
+        self.log.warn(
+            "request {id} came back unroutable: queue {queue} is missing; declaring it again",
+            id=correlation_id,
+            queue=self._queue_name,
+        )
+
+        def declared(result: object) -> None:
+            self._declaring = False
+            if isinstance(result, Failure):
+                self.log.warn(
+                    "cannot declare queue {queue} again: {error}",
+                    queue=self._queue_name,
+                    error=result.getErrorMessage() or repr(result.value),
+                )
+            else:
+                self.log.info("declared queue {queue} again", queue=self._queue_name)
+
+        try:
+            channel.queue_declare(queue=self._queue_name, durable=True).addBoth(declared)
+        except Exception:  # a closing channel may raise
+            declared(Failure())
 
     def _expire(self, correlation_id: str) -> None:
         outstanding = self._outstanding.get(correlation_id)
@@ -344,8 +456,14 @@ class AmqpBroker(Service):
 
     def _forget(self, correlation_id: str) -> _Outstanding | None:
         outstanding = self._outstanding.pop(correlation_id, None)
-        if outstanding is not None and outstanding.expiry.active():
+        if outstanding is None:
+            return None
+        if outstanding.expiry.active():
             outstanding.expiry.cancel()
+        ids = self._by_request[outstanding.request.id]
+        ids.discard(correlation_id)
+        if not ids:
+            del self._by_request[outstanding.request.id]
         return outstanding
 
     def _end(self, correlation_id: str, error: BrokerRequestFailed) -> None:
@@ -356,3 +474,19 @@ class AmqpBroker(Service):
     def _fail_all(self, error: BrokerRequestFailed) -> None:
         for correlation_id in list(self._outstanding):
             self._end(correlation_id, error)
+
+
+def _describe(error: Any) -> str:
+    """
+    Why a channel or its reply consumer ended, for the log.
+    """
+    from pika.exceptions import ChannelClosed, ConnectionClosed, ConsumerCancelled
+
+    error = getattr(error, "value", error)  # a Failure
+    if isinstance(error, ConsumerCancelled):
+        return "RabbitMQ cancelled the reply consumer"
+    if isinstance(error, ChannelClosed):
+        return f"channel closed: {error.reply_code} {error.reply_text}"
+    if isinstance(error, ConnectionClosed):
+        return f"connection closed: {error.reply_code} {error.reply_text}"
+    return f"connection lost: {error!r}"

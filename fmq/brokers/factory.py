@@ -52,6 +52,7 @@ def amqp_broker(settings: Settings, reactor: Any) -> IBroker:
         request_ttl=settings.broker.request_ttl,
         connect_timeout=amqp.connect_timeout,
         reconnect_max=amqp.reconnect_max,
+        max_answer_bytes=settings.broker.max_answer_bytes,
     )
 
 

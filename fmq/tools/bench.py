@@ -5,7 +5,7 @@ C{docs/BENCHMARKS.md} records.
 
 1. Throughput against the ceiling: C{wrk} with 500 connections on 10 hot keys,
    against fmq (collapse mode, backend answering in about 5 ms), a bare Klein
-   app (L{fmq.ceiling}), and the same app holding its answers 30 ms; medians
+   app (L{fmq.tools.ceiling}), and the same app holding its answers 30 ms; medians
    of alternating runs, the ratios, and each one's CPU per request.
 2. Naive against collapse on the same burst (20 keys x 50 identical callers).
 3. A burst of 20,000 (50 keys x 100 x 4 rounds, 2,000 at a time), five times
@@ -43,7 +43,7 @@ from typing import Any
 
 import psutil
 
-from fmq.loadtest import Sampler, raise_own_limit, step
+from fmq.tools.loadtest import Sampler, raise_own_limit, step
 
 WRK_SCRIPT = """
 counter = 0
@@ -114,8 +114,8 @@ class Stack:
         """
         self.spawn(
             "backend",
-            [sys.executable, "-m", "fmq.backend", "--dir", str(directory), "--delay", str(delay),
-             "--poll", "0.002"],
+            [sys.executable, "-m", "fmq.tools.backend", "--dir", str(directory),
+             "--delay", str(delay), "--poll", "0.002"],
         )  # fmt: skip
 
     def ceiling(self, defer: float = 0.0) -> int:
@@ -125,7 +125,7 @@ class Stack:
         port = free_port()
         process = self.spawn(
             "ceiling",
-            [sys.executable, "-m", "fmq.ceiling", "--port", str(port), "--defer", str(defer)],
+            [sys.executable, "-m", "fmq.tools.ceiling", "--port", str(port), "--defer", str(defer)],
         )
         wait_for_port(port, process)
         return port
@@ -243,7 +243,7 @@ def ceiling_ratio(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 def burst_args(port: int, admin: int, keys: int, batch: int) -> argparse.Namespace:
     """
-    The arguments L{fmq.loadtest.step} wants, for a burst of C{keys} x C{batch}.
+    The arguments L{fmq.tools.loadtest.step} wants, for a burst of C{keys} x C{batch}.
     """
     return argparse.Namespace(
         host="127.0.0.1", port=port, admin_port=admin, keys=keys, batch=batch, timeout=120.0
@@ -304,8 +304,8 @@ async def _added_latency(port: int, directory: Path, count: int, jitter: float) 
     Seconds from the backend's rename of each answer to the caller's answer,
     one request at a time, the bench playing the backend.
     """
-    from fmq.loadtest import call
     from fmq.protocol import broker_key
+    from fmq.tools.loadtest import call
 
     added = []
     for n in range(count):
@@ -459,7 +459,9 @@ def scale_out(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         with stack(root) as s:
             ports = [s.fmq("collapse", s.workdir / f"unused{n}", **amqp)[0] for n in range(2)]
             backend = ["--broker", "amqp", "--url", args.amqp_url, "--queue", queue]
-            s.spawn("backend", [sys.executable, "-m", "fmq.backend", *backend, "--delay", "0.005"])
+            s.spawn(
+                "backend", [sys.executable, "-m", "fmq.tools.backend", *backend, "--delay", "0.005"]
+            )
             time.sleep(2)
             wrk(ports[0], 2, args.connections, args.hot_keys, s.workdir)  # warm-up
             for _ in range(args.repeats):

@@ -1,7 +1,7 @@
 """
 The ceiling fmq is measured against: a bare Klein app that answers every
 method and path with a fixed body, served like fmq's front (same Site without
-access log, same backlog). C{python -m fmq.ceiling --port 8090}.
+access log, same backlog). C{python -m fmq.tools.ceiling --port 8090}.
 
 With C{--defer 0.03} it holds each answer and hands them all out every 30 ms,
 as fmq does when a batch is answered: the same Klein app, but paying what it
@@ -45,9 +45,9 @@ def make_app(deferred: bool) -> tuple[Klein, list[Deferred[bytes]]]:
 
 def main(argv: list[str] | None = None) -> int:
     """
-    C{python -m fmq.ceiling}: serve the app until interrupted.
+    C{python -m fmq.tools.ceiling}: serve the app until interrupted.
     """
-    parser = argparse.ArgumentParser(prog="python -m fmq.ceiling", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m fmq.tools.ceiling", description=__doc__)
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--backlog", type=int, default=4096)
     parser.add_argument(
