@@ -49,6 +49,7 @@ class BrokerSettings:
     directory: Path
     watch: str
     poll_interval: float
+    rescan_interval: float
     request_ttl: float
     settle_time: float
     check_interval: float

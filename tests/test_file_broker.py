@@ -14,8 +14,9 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from fmq.brokers.answerfile import ResponseFile
 from fmq.brokers.file import FileBroker
-from fmq.brokers.fs import FileSystem, ResponseFile
+from fmq.brokers.fs import FileSystem
 from fmq.brokers.layout import LOCK_NAME, retry_delay, settled
 from fmq.brokers.lock import LockHeld
 from fmq.errors import BrokerUnavailable, Overloaded, RequestExpired, ShuttingDown
@@ -56,9 +57,11 @@ class FaultyFileSystem(FileSystem):
         super().unlink(path)
         self.unlinked.append(path.name)
 
-    def read_response(self, path: Path, max_bytes: int | None = None) -> ResponseFile | None:
+    def read_response(
+        self, path: Path, max_bytes: int | None = None, lease: bool = True
+    ) -> ResponseFile | None:
         self._fault("read")
-        found = super().read_response(path, max_bytes)
+        found = super().read_response(path, max_bytes, lease)
         if found is not None and self.closed is None:
             return ResponseFile(found.data, found.inode, found.size, found.mtime_ns, None)
         return found
@@ -121,18 +124,15 @@ class FileBrokerTests(SynchronousTestCase):
 
     def test_other_files_untouched(self) -> None:
         """
-        Files that are not fmq's C{.req}/C{.resp} are never read or deleted,
-        and a response nobody waits for is left alone.
+        Files that are not fmq's C{.req}/C{.resp} are never read or deleted.
         """
-        for name in ["notes.txt", ".hidden", "x.resp.tmp", "0" * 32 + ".resp"]:
+        for name in ["notes.txt", ".hidden", "x.resp.tmp", ".x.resp"]:
             (self.directory / name).write_bytes(b"200\n")
         request = BrokerRequest.of(b"GET", b"/x")
         self.broker.submit(request)
         self.backend.answer(request, b"200\nok")
         self.backend.deliver()
-        self.assertEqual(
-            self.names(), sorted([".hidden", "0" * 32 + ".resp", "notes.txt", "x.resp.tmp"])
-        )
+        self.assertEqual(self.names(), sorted([".hidden", ".x.resp", "notes.txt", "x.resp.tmp"]))
 
     def test_same_key_waits_for_files_to_go(self) -> None:
         """
@@ -229,6 +229,90 @@ class FileBrokerTests(SynchronousTestCase):
         self.backend.deliver()
         self.assertEqual(self.successResultOf(answer).body, b"fresh")
 
+    def count_reads(self) -> list[str]:
+        """
+        Record the name of each response file the broker opens to read.
+        """
+        reads: list[str] = []
+        original = self.fs.read_response
+        self.fs.read_response = lambda path, *a, **kw: (
+            reads.append(path.name) or original(path, *a, **kw)
+        )
+        return reads
+
+    def test_stale_answer_removed_before_next_request(self) -> None:
+        """
+        An answer lying under a key's name when a new request for it comes
+        (late, to a request that has ended) is deleted unread before the new
+        request is written: it is never read, let alone handed to it.
+        """
+        request = BrokerRequest.of(b"GET", b"/x")
+        stale = self.directory / f"{request.key}.resp"
+        stale.write_bytes(b"200\nstale" + b"x" * 100_000)
+        os.utime(stale, (1, 1))
+        reads = self.count_reads()
+        answer = self.broker.submit(request)
+        for _ in range(10):
+            self.backend.deliver()
+        self.assertEqual(reads, [])
+        self.assertEqual(self.names(), [f"{request.key}.req"])
+        self.backend.answer(request, b"200\nfresh")
+        self.backend.deliver()
+        self.assertEqual(self.successResultOf(answer).body, b"fresh")
+
+    def test_answer_older_than_request_not_read(self) -> None:
+        """
+        An answer renamed into place while a request is in flight, but older
+        than its request file (a late answer to an earlier request), is told
+        apart by its metadata alone: never read, never delivered.
+        """
+        request = BrokerRequest.of(b"GET", b"/x")
+        answer = self.broker.submit(request)
+        reads = self.count_reads()
+        late = self.directory / "prepared-earlier"
+        late.write_bytes(b"200\nlate")
+        os.utime(late, (1, 1))
+        os.rename(late, self.directory / f"{request.key}.resp")
+        for _ in range(10):
+            self.backend.deliver()
+        self.assertEqual(reads, [])
+        self.assertNoResult(answer)
+        self.backend.answer(request, b"200\nfresh")
+        self.backend.deliver()
+        self.assertEqual(self.successResultOf(answer).body, b"fresh")
+
+    def test_answer_held_open_is_read_once_settled(self) -> None:
+        """
+        An answer whose writer keeps it open (a descriptor inherited by a
+        background child) is read once it has not changed for the settle time.
+        """
+        request = BrokerRequest.of(b"GET", b"/x")
+        answer = self.broker.submit(request)
+        with open(self.directory / f"{request.key}.resp", "wb") as writer:
+            writer.write(b"200\nheld open")
+            writer.flush()
+            self.backend.deliver()
+            self.assertNoResult(answer)
+            for _ in range(5):
+                self.backend.deliver()
+            self.assertEqual(self.successResultOf(answer).body, b"held open")
+
+    def test_unsettled_answer_read_once(self) -> None:
+        """
+        Where fmq cannot tell whether the writer is done, the answer is
+        watched by its metadata while it settles, and its data read once
+        more when it has: not on every scan.
+        """
+        self.fs.closed = None
+        request = BrokerRequest.of(b"GET", b"/x")
+        answer = self.broker.submit(request)
+        reads = self.count_reads()
+        self.backend.answer(request, b"200\nsettled")
+        for _ in range(10):
+            self.backend.deliver()
+        self.assertEqual(self.successResultOf(answer).body, b"settled")
+        self.assertLessEqual(len(reads), 2)
+
     def test_in_place_writer_is_waited_for(self) -> None:
         """
         A response still open for writing is not read; once it is closed, it is.
@@ -294,7 +378,7 @@ class FileBrokerTests(SynchronousTestCase):
         answer = self.broker.submit(request)
         self.backend.answer(request, b"200\nok")
         original = self.fs.read_response
-        self.fs.read_response = lambda path, max_bytes: 1 / 0
+        self.fs.read_response = lambda path, *a, **kw: 1 / 0
         self.backend.deliver()
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
         self.fs.read_response = original
@@ -413,22 +497,21 @@ class FileBrokerTests(SynchronousTestCase):
         self.broker.stopService()
         self.assertEqual(self.names(), [f"{request.key}.req"])
 
-    def test_scan_cost_follows_requests_in_flight(self) -> None:
+    def test_late_answers_deleted_unread_at_next_scan(self) -> None:
         """
-        The scan looks only for the responses it waits for: with none in
-        flight it reads nothing, whatever the directory holds.
+        Answers for keys that nothing is in flight for (late answers to
+        requests that ended) are deleted at the next scan, and never read.
         """
         for n in range(50):
             (self.directory / f"{n:032x}.resp").write_bytes(b"200\n")
         reads: list[Path] = []
         original = self.fs.read_response
-        self.fs.read_response = lambda path, max_bytes: reads.append(path) or original(path)
+        self.fs.read_response = lambda path, *a, **kw: (
+            reads.append(path) or original(path, *a, **kw)
+        )
         self.backend.deliver()
         self.assertEqual(reads, [])
-        self.broker.submit(BrokerRequest.of(b"GET", b"/x")).addErrback(lambda f: None)
-        reads.clear()  # the look right after writing
-        self.backend.deliver()
-        self.assertEqual(len(reads), 1)
+        self.assertEqual(self.names(), [])
 
 
 class StartTests(SynchronousTestCase):
@@ -615,8 +698,8 @@ class WatchTests(SynchronousTestCase):
         self.backend = FileBackend(self.directory, self.clock)
         self.reads: list[str] = []
         original = self.fs.read_response
-        self.fs.read_response = lambda path, max_bytes: (
-            self.reads.append(path.name) or original(path, max_bytes)
+        self.fs.read_response = lambda path, *a, **kw: (
+            self.reads.append(path.name) or original(path, *a, **kw)
         )
 
     def make(self, directory: Path, on_file) -> FakeWatcher:
@@ -724,6 +807,47 @@ class WatchTests(SynchronousTestCase):
         self.clock.advance(1)
         self.assertEqual(self.successResultOf(answer).body, b"scanned")
 
+    def test_late_answer_deleted_on_its_event(self) -> None:
+        """
+        An answer that arrives after its request was withdrawn is deleted,
+        unread, as soon as its event comes.
+        """
+        [watcher] = self.watchers
+        request = BrokerRequest.of(b"GET", b"/x")
+        self.broker.submit(request).addErrback(lambda f: None)
+        self.broker.withdraw(request)
+        self.backend.answer(request, b"200\ntoo late")
+        self.reads.clear()
+        watcher.on_file(f"{request.key}.resp")
+        self.assertEqual(self.reads, [])
+        self.assertEqual(sorted(os.listdir(self.directory)), [LOCK_NAME])
+
+    def test_watched_directory_scanned_seldom(self) -> None:
+        """
+        While a watcher tells of answers, the scan is only a safety net: a
+        poll interval passes without any look at the requests waiting, and
+        one listing every rescan interval still catches a lost event.
+        """
+        self.broker.stopService()
+        self.broker = file_broker(
+            self.directory, self.clock, fs=self.fs, watcher=self.make, rescan_interval=1.0
+        )
+        self.broker.startService()
+        listings: list[int] = []
+        original = self.fs.list_names
+        self.fs.list_names = lambda d: listings.append(1) or original(d)
+        requests = [BrokerRequest.of(b"GET", b"/%d" % n) for n in range(100)]
+        answers = [self.broker.submit(r).addErrback(lambda f: None) for r in requests]
+        self.reads.clear()
+        for _ in range(19):
+            self.clock.advance(POLL)
+        self.assertEqual((self.reads, listings), ([], []))
+        self.backend.answer(requests[7], b"200\nevent lost")
+        self.clock.advance(POLL)
+        self.assertEqual(listings, [1])
+        self.assertEqual(self.reads, [f"{requests[7].key}.resp"])
+        self.assertEqual(self.successResultOf(answers[7]).body, b"event lost")
+
     def test_stop_stops_watcher(self) -> None:
         """
         Stopping the broker stops its watcher.
@@ -771,6 +895,6 @@ class WatchLoopTests(SynchronousTestCase):
             raise FileNotFoundError(errno.ENOENT, "No such file or directory")
 
         fs.stat = gone
-        broker._lock.release()  # so the check looks at the directory again
+        broker._guard.lock.release()  # so the check looks at the directory again
         clock.advance(CHECK)
         self.assertFalse(broker.available)

@@ -231,7 +231,7 @@ class MakeBrokerTests(SynchronousTestCase):
         The file broker gets C{max_answer_bytes}.
         """
         broker = make_broker(self.settings(max_answer_bytes="1000"), MemoryReactorClock())
-        self.assertEqual(broker._max_answer_bytes, 1000)
+        self.assertEqual(broker._reader.max_bytes, 1000)
 
     def test_amqp(self) -> None:
         """

@@ -28,6 +28,7 @@ def file_broker(settings: Settings, reactor: Any) -> IBroker:
         broker.directory,
         reactor,
         poll_interval=broker.poll_interval,
+        rescan_interval=broker.rescan_interval,
         request_ttl=broker.request_ttl,
         settle_time=broker.settle_time,
         delete_retry_max=broker.delete_retry_max,

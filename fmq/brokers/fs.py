@@ -12,8 +12,8 @@ import os
 import stat
 from pathlib import Path
 
+from fmq.brokers.answerfile import ResponseFile, read_answer
 from fmq.brokers.layout import temporary_name
-from fmq.brokers.reader import ResponseFile, read_answer
 
 __all__ = ["OVERLOAD_ERRNOS", "FileSystem", "ResponseFile"]
 
@@ -52,12 +52,14 @@ class FileSystem:
             raise
         return mtime_ns
 
-    def read_response(self, path: Path, max_bytes: int | None = None) -> ResponseFile | None:
+    def read_response(
+        self, path: Path, max_bytes: int | None = None, lease: bool = True
+    ) -> ResponseFile | None:
         """
         Read a response file, unless a process still has it open for writing;
         see L{read_answer}.
         """
-        return read_answer(path, max_bytes)
+        return read_answer(path, max_bytes, lease)
 
     def unlink(self, path: Path) -> None:
         """
@@ -96,6 +98,12 @@ class FileSystem:
 
     def stat(self, path: Path) -> os.stat_result:
         return os.stat(path)
+
+    def lstat(self, path: Path) -> os.stat_result:
+        """
+        C{path}'s metadata; a symbolic link's own, not its target's.
+        """
+        return os.lstat(path)
 
     def list_names(self, directory: Path) -> list[str]:
         return os.listdir(directory)

@@ -64,6 +64,13 @@ def sort_leftovers(names: Iterable[str]) -> Leftovers:
     )
 
 
+def answer_keys(names: Iterable[str]) -> list[str]:
+    """
+    The keys of the answers in a directory listing (dotfiles are not answers).
+    """
+    return [n[: -len(RESPONSE)] for n in names if n.endswith(RESPONSE) and n[0] != "."]
+
+
 def settled(
     previous: tuple[int, int, int] | None,
     current: tuple[int, int, int],

@@ -1,190 +1,171 @@
 """
-Reading an answer file a backend wrote, whatever the backend did to it.
+Reading an answer only once it is complete, and never one that is not for
+the request in flight.
 
-The type and size of the file are decided from C{lstat} and C{fstat} before
-a byte is read: a symbolic link is never followed, a FIFO or device never
-opened, an answer larger than the cap never read into memory. A backend still
-writing the file in place is told apart by a read lease, whose break is
-routed to a signal that cannot stop the process.
+What a C{.resp} is gets decided from its metadata before any byte is read:
+older than the request file, it answers an earlier request and is never
+read; a link, not a regular file, or larger than the cap, it is refused
+unread. A complete answer is one whose writer has closed it (a read lease
+says so) or, where that cannot be known or the writer keeps it open, one that
+has not changed (inode, size, mtime) for C{settle_time}: its identity is
+checked on each look, its data read once (by L{fmq.brokers.answerfile}).
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import os
-import signal
 import stat
-import sys
 from pathlib import Path
 
 import attrs
+from twisted.internet.interfaces import IReactorTime
 
-from fmq.errors import AnswerTooLarge, MalformedResponse, NotARegularFile
-from fmq.protocol import BrokerResponse, parse_response
+from fmq.brokers.answerfile import ResponseFile, refusal
+from fmq.brokers.fs import FileSystem
+from fmq.brokers.keystate import Sighting
+from fmq.brokers.layout import response_name
+from fmq.errors import MalformedResponse
 
-__all__ = ["LEASE_SIGNAL", "ResponseFile", "read_answer"]
-
-_F_SETLEASE: int | None = getattr(fcntl, "F_SETLEASE", None)
-# Linux's F_SETSIG; some Pythons' fcntl module does not name it.
-_F_SETSIG: int | None = getattr(fcntl, "F_SETSIG", 10 if sys.platform == "linux" else None)
-
-#: The signal a broken lease sends fmq. Linux sends SIGIO by default, whose
-#: default action ends the process; SIGURG's is to ignore it, and fmq never
-#: asks for out-of-band data, the only other reason it is sent.
-LEASE_SIGNAL = signal.SIGURG
-
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-
-#: bytes read at once when the file's size does not say more
-_CHUNK = 65536
+__all__ = ["Absent", "AnswerReader", "Found", "Refused", "Stale", "Unsettled"]
 
 
 @attrs.frozen
-class ResponseFile:
+class Absent:
     """
-    A response file as read, with its identity.
-
-    @ivar closed: C{True} when no process had the file open for writing as it
-        was read; C{None} when that cannot be known here (no lease rights), so
-        the caller must wait for the file to settle instead.
-    @ivar refused: why the file was not read (a link, not a regular file,
-        too large), or C{None}; C{data} is then empty.
+    No answer yet.
     """
 
-    data: bytes
-    inode: int
-    size: int
-    mtime_ns: int
-    closed: bool | None
-    refused: MalformedResponse | None = attrs.field(default=None, eq=False)
 
-    def response(self) -> BrokerResponse:
+@attrs.frozen
+class Stale:
+    """
+    An answer older than the request in flight: a late one to an earlier
+    request, not read.
+    """
+
+
+@attrs.frozen
+class Unsettled:
+    """
+    An answer still being written, or not yet unchanged for the settle time.
+
+    @ivar sighting: what to remember of it until the next look.
+    @ivar new: the sighting differs from the one before.
+    """
+
+    sighting: Sighting
+    new: bool
+
+
+@attrs.frozen
+class Found:
+    """
+    A complete answer, read.
+    """
+
+    answer: ResponseFile
+
+
+@attrs.frozen
+class Refused:
+    """
+    An answer fmq does not read: a symbolic link, not a regular file, or
+    larger than the cap.
+
+    @ivar why: the error its request ends with (502).
+    """
+
+    why: MalformedResponse
+
+
+class AnswerReader:
+    """
+    Looks at one key's answer file for the request in flight.
+
+    @ivar max_bytes: the largest answer read; C{None}: no cap.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        fs: FileSystem,
+        clock: IReactorTime,
+        settle_time: float,
+        max_bytes: int | None = None,
+    ) -> None:
+        self._directory = directory
+        self._fs = fs
+        self._clock = clock
+        self._settle_time = settle_time
+        self.max_bytes = max_bytes
+
+    def look(
+        self, key: str, written_ns: int, sighting: Sighting | None, complete: bool = False
+    ) -> Absent | Stale | Unsettled | Found | Refused:
         """
-        The answer this file holds.
+        What C{key}'s answer is now.
 
-        @raise MalformedResponse: the file was refused, or is not an answer.
+        @param written_ns: the request file's mtime: an answer older than it
+            belongs to an earlier request.
+        @param sighting: the answer as seen at the last look, if unsettled.
+        @param complete: an event said the file was closed or renamed into place.
+        @raise OSError: it could not be looked at (not C{ENOENT}).
         """
-        if self.refused is not None:
-            raise self.refused
-        return parse_response(self.data)
-
-
-def read_answer(path: Path, max_bytes: int | None = None) -> ResponseFile | None:
-    """
-    Read the answer at C{path}, unless a process still has it open for writing.
-
-    @param max_bytes: the largest answer read; a larger one is refused
-        unread. C{None}: no cap.
-    @return: the file (perhaps refused), or C{None} while it is open for writing.
-    @raise FileNotFoundError: there is no such file.
-    @raise OSError: it cannot be opened or read.
-    """
-    refused = _refusal(os.lstat(path), max_bytes)
-    if refused is not None:
-        return refused
-    try:
-        fd = os.open(path, _OPEN_FLAGS)
-    except OSError as e:
-        if e.errno == errno.ELOOP:  # made a link since the lstat
-            return _refusal(os.lstat(path), max_bytes)
-        raise
-    try:
-        st = os.fstat(fd)
-        refused = _refusal(st, max_bytes)
-        if refused is not None:
-            return refused
-        closed = _take_lease(fd)
-        if closed is False:
-            return None
+        path = self._directory / response_name(key)
         try:
-            data = _read_at_most(fd, st.st_size, max_bytes)
-        finally:
-            if closed:
-                _release_lease(fd)
-    finally:
-        os.close(fd)
-    if max_bytes is not None and len(data) > max_bytes:
-        return _refused(st, AnswerTooLarge(_too_large(len(data), max_bytes, "grew while read")))
-    return ResponseFile(data, st.st_ino, len(data), st.st_mtime_ns, closed)
+            st = self._fs.lstat(path)
+        except FileNotFoundError:
+            return Absent()
+        if stat.S_ISREG(st.st_mode) and st.st_mtime_ns < written_ns:
+            return Stale()
+        refused = refusal(st, self.max_bytes)
+        if refused is not None:
+            return _outcome(refused, written_ns)
+        identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+        now = self._clock.seconds()
+        if sighting is not None and sighting.identity == identity:
+            if now - sighting.since >= self._settle_time:
+                return self._read(path, written_ns, lease=False)
+            if not sighting.leasable and not complete:
+                return Unsettled(sighting, new=False)
+        try:
+            found = self._fs.read_response(path, self.max_bytes)
+        except FileNotFoundError:
+            return Absent()
+        if found is None:  # open for writing
+            return self._unsettled(sighting, identity, now, leasable=True)
+        if found.refused is not None or found.closed or complete:
+            return _outcome(found, written_ns)
+        if found.mtime_ns < written_ns:
+            return Stale()
+        return self._unsettled(sighting, identity, now, leasable=False)
+
+    def _read(self, path: Path, written_ns: int, lease: bool) -> Absent | Stale | Found | Refused:
+        try:
+            found = self._fs.read_response(path, self.max_bytes, lease=lease)
+        except FileNotFoundError:
+            return Absent()
+        if found is None:
+            return Absent()  # only a lease could say so, and none was asked for
+        return _outcome(found, written_ns)
+
+    def _unsettled(
+        self,
+        sighting: Sighting | None,
+        identity: tuple[int, int, int],
+        now: float,
+        leasable: bool,
+    ) -> Unsettled:
+        if sighting is not None and sighting.identity == identity:
+            return Unsettled(sighting, new=False)
+        return Unsettled(Sighting(identity, now, leasable), new=True)
 
 
-def _refusal(st: os.stat_result, max_bytes: int | None) -> ResponseFile | None:
+def _outcome(found: ResponseFile, written_ns: int) -> Stale | Found | Refused:
     """
-    A refused L{ResponseFile} if C{st} is not a file fmq reads, else C{None}.
+    What a file looked at or read is: refused, older than the request, or its answer.
     """
-    if stat.S_ISLNK(st.st_mode):
-        return _refused(st, NotARegularFile("a symbolic link, not followed"))
-    if not stat.S_ISREG(st.st_mode):
-        return _refused(st, NotARegularFile(f"not a regular file ({_kind(st.st_mode)})"))
-    if max_bytes is not None and st.st_size > max_bytes:
-        return _refused(st, AnswerTooLarge(_too_large(st.st_size, max_bytes)))
-    return None
-
-
-def _refused(st: os.stat_result, why: MalformedResponse) -> ResponseFile:
-    return ResponseFile(b"", st.st_ino, st.st_size, st.st_mtime_ns, True, why)
-
-
-def _too_large(size: int, max_bytes: int, how: str = "not read") -> str:
-    return f"{size} bytes, more than max_answer_bytes ({max_bytes}); {how}"
-
-
-def _kind(mode: int) -> str:
-    for test, name in [
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ]:
-        if test(mode):
-            return name
-    return f"mode {mode:o}"
-
-
-def _take_lease(fd: int) -> bool | None:
-    """
-    Take a read lease on C{fd}, its break routed to L{LEASE_SIGNAL} first.
-
-    @return: C{True} if taken; C{False} if refused because a process has the
-        file open for writing; C{None} if leases cannot be used here.
-    """
-    if _F_SETLEASE is None or _F_SETSIG is None:
-        return None
-    try:
-        fcntl.fcntl(fd, _F_SETSIG, LEASE_SIGNAL)
-    except OSError:
-        return None  # without the signal routed, a lease could kill fmq
-    try:
-        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_RDLCK)
-    except OSError as e:
-        return False if e.errno == errno.EAGAIN else None
-    return True
-
-
-def _release_lease(fd: int) -> None:
-    """
-    Give the lease back at once, so a writer held up by its break goes on.
-    """
-    try:
-        fcntl.fcntl(fd, _F_SETLEASE, fcntl.F_UNLCK)  # type: ignore[arg-type]
-    except OSError:
-        pass  # already broken and gone; closing the file releases it anyway
-
-
-def _read_at_most(fd: int, size: int, max_bytes: int | None) -> bytes:
-    """
-    Read C{fd} to its end, but never more than C{max_bytes + 1} bytes.
-    """
-    left = None if max_bytes is None else max_bytes + 1
-    chunks = []
-    want = max(size + 1, _CHUNK)
-    while left is None or left > 0:
-        chunk = os.read(fd, want if left is None else min(want, left))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        if left is not None:
-            left -= len(chunk)
-    return b"".join(chunks)
+    if found.refused is not None:
+        return Refused(found.refused)
+    if found.mtime_ns < written_ns:
+        return Stale()
+    return Found(found)

@@ -17,6 +17,8 @@ C{docs/BENCHMARKS.md} records.
    unrelated files in the directory.
 6. Over RabbitMQ: throughput with one fmq instance and with two sharing one
    request queue.
+7. What waiting costs: fmq's CPU share with 1,000 and 10,000 distinct
+   requests waiting and no backend answering, with inotify and polling.
 """
 
 from __future__ import annotations
@@ -376,13 +378,70 @@ def scan_cost(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             broker.submit(BrokerRequest.of(b"GET", b"/inflight%d" % n)).addErrback(lambda f: None)
         started = time.perf_counter()
         for _ in range(100):
-            broker._scan()
+            broker._scan_safely()
         results[f"{unrelated} unrelated files"] = round(
             (time.perf_counter() - started) / 100 * 1000, 3
         )
         broker.stopService()
         shutil.rmtree(directory)
     print(f"  one scan with 100 requests in flight, ms: {results}")
+    return results
+
+
+async def _cpu_while_waiting(
+    port: int, admin: int, pid: int, count: int, seconds: float
+) -> dict[str, Any]:
+    """
+    Hold C{count} callers of distinct targets, each on its own connection,
+    until fmq reports them all waiting; then fmq's CPU share over C{seconds}.
+    """
+    from fmq.loadtest import metrics_of
+
+    writers: list[asyncio.StreamWriter] = []
+
+    async def one(n: int) -> None:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET /waiting/{n} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        writers.append(writer)
+
+    try:
+        for start in range(0, count, 500):
+            await asyncio.gather(*(one(n) for n in range(start, min(count, start + 500))))
+        deadline = time.monotonic() + 120
+        while (await metrics_of("127.0.0.1", admin)).get("fmq_callers_waiting", 0) < count:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: {count} callers never all waited")
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2.0)  # let the burst of arrivals pass
+        process = psutil.Process(pid)
+        cpu, started = sum(process.cpu_times()[:2]), time.monotonic()
+        await asyncio.sleep(seconds)
+        cpu, elapsed = sum(process.cpu_times()[:2]) - cpu, time.monotonic() - started
+    finally:
+        for writer in writers:
+            writer.close()
+    return {"callers": count, "seconds": round(elapsed, 1), "cpu_share": round(cpu / elapsed, 4)}
+
+
+def waiting_cost(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """
+    fmq's CPU share, as a fraction of one core, while distinct requests wait
+    and nothing answers them: with 1,000 and 10,000 waiting, with inotify
+    (the default) and polling only.
+    """
+    results = {}
+    for watch, count in [("inotify", 1_000), ("inotify", 10_000), ("poll", 10_000)]:
+        with stack(root) as s:
+            port, admin, pid = s.fmq(
+                "collapse",
+                s.workdir / "broker",
+                http={"request_timeout": 3600},
+                broker={"request_ttl": 3600, "watch": watch},
+            )
+            row = asyncio.run(_cpu_while_waiting(port, admin, pid, count, args.idle_seconds))
+        name = f"{count} waiting, {watch}"
+        results[name] = row
+        print(f"  {name}: {row['cpu_share'] * 100:.1f}% of a core over {row['seconds']} s")
     return results
 
 
@@ -502,6 +561,12 @@ def markdown(results: dict[str, Any]) -> str:
             f"| two / one | | {so['ratio']} |",
             "",
         ]
+    w = results.get("waiting_cost")
+    if w:
+        lines += ["| distinct requests waiting, nothing answered | fmq's CPU, % of one core |",
+                  "| --- | --- |"]  # fmt: skip
+        lines += [f"| {name} | {r['cpu_share'] * 100:.1f} |" for name, r in w.items()]
+        lines.append("")
     b = results.get("bursts")
     if b:
         keys = ["requests", "seconds", "req_per_s", "p50_ms", "p99_ms", "errors",
@@ -526,6 +591,7 @@ PARTS = [
     ("latency", "latency", "added latency: poll against inotify", latency),
     ("scan", "scan_cost", "scan cost", scan_cost),
     ("amqp", "scale_out", "scale-out over RabbitMQ: one instance, two", scale_out),
+    ("waiting", "waiting_cost", "what waiting costs: CPU with requests waiting", waiting_cost),
 ]
 
 
@@ -550,6 +616,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hot-keys", type=int, default=10)
     parser.add_argument("--bursts", type=int, default=5)
     parser.add_argument("--probes", type=int, default=200, help="latency probes of each")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=10.0, help="CPU sampled this long while waiting"
+    )
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
     parser.add_argument(
         "--dir",

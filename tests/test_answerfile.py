@@ -1,5 +1,5 @@
 """
-Tests for L{fmq.brokers.reader}: reading an answer file, whatever it is.
+Tests for L{fmq.brokers.answerfile}: reading an answer file, whatever it is.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from fmq.brokers import reader
-from fmq.brokers.reader import read_answer
+from fmq.brokers import answerfile as reader
+from fmq.brokers.answerfile import read_answer
 from fmq.errors import AnswerTooLarge, MalformedResponse, NotARegularFile
 
 
