@@ -11,7 +11,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.logger import Logger
+from twisted.logger import Logger, LogPublisher
 from twisted.python import usage
 
 from fmq import __version__
@@ -24,6 +24,7 @@ from fmq.logs import make_observer
 from fmq.metrics import Metrics
 from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm
 from fmq.settings import IniFile, Settings, SettingsError, load_settings
+from fmq.status import Events, Sampler, Status
 from fmq.web import AccessLogSite, Front, QuietSite
 
 log = Logger(namespace="fmq")
@@ -88,7 +89,10 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     Stopping goes in reverse: the listeners stop accepting, the drain answers
     waiting callers 503, then the broker stops and leaves its request files.
     """
-    root = FmqService(make_observer(settings.logging.level, settings.logging.format))
+    events = Events(settings.admin.show_query)
+    root = FmqService(
+        LogPublisher(make_observer(settings.logging.level, settings.logging.format), events)
+    )
     broker = make_broker(settings, reactor)
     broker.setServiceParent(root)
     collapse_key = (
@@ -118,7 +122,20 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     Drain(dispatcher, connections, reactor, settings.http.drain_timeout).setServiceParent(root)
     _listen(root, reactor, settings.http.interface, settings.http.port, site, settings.http.backlog)
 
-    admin = Admin(broker, settings.broker.type, dispatcher, reactor, metrics)
+    sampler = Sampler(dispatcher, broker, metrics, reactor)
+    sampler.setServiceParent(root)
+    status = Status(
+        dispatcher,
+        broker,
+        settings.broker.type,
+        sampler,
+        events,
+        reactor,
+        settings.effective(),
+        __version__,
+        settings.admin.show_query,
+    )
+    admin = Admin(broker, settings.broker.type, dispatcher, reactor, metrics, status)
     admin_site = QuietSite(admin.app.resource(), reactor=reactor)
     _listen(root, reactor, settings.admin.interface, settings.admin.port, admin_site, 50)
     return root
