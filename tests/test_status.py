@@ -6,6 +6,11 @@ once-a-second sampler on a L{Clock}, the event ring, and C{/status.json}.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 from types import SimpleNamespace
 
 from treq.testing import StubTreq
@@ -464,3 +469,35 @@ class StatusPageTests(SynchronousTestCase):
                 {"time": 1.0, "kind": "info", "source": "fmq.x", "key": None, "message": "first"},
             ],
         )
+
+
+class PackagingTests(SynchronousTestCase):
+    """
+    The status page works from a plain, non-editable install.
+    """
+
+    def test_assets_in_the_wheel(self) -> None:
+        """
+        Every file of C{fmq/static} is in the wheel built from a clean copy
+        of the tree (no C{build/} left over from earlier builds).
+        """
+        root = Path(__file__).resolve().parent.parent
+        tmp = Path(self.mktemp())
+        source = tmp / "src"
+        shutil.copytree(
+            root,
+            source,
+            ignore=shutil.ignore_patterns(
+                ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", "var", ".*cache"
+            ),
+        )
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp), str(source)],
+            check=True,
+            capture_output=True,
+        )
+        [wheel] = tmp.glob("fmq-*.whl")
+        names = set(zipfile.ZipFile(wheel).namelist())
+        assets = {f"fmq/static/{p.name}" for p in STATIC.iterdir()}
+        self.assertEqual(assets - names, set())
+        self.assertIn("fmq/static/status.js", assets)
