@@ -7,7 +7,7 @@ setup(
     python_requires=">=3.9",
     packages=["fmq", "fmq.brokers", "fmq.tools", "twisted.plugins"],
     package_dir={"twisted.plugins": "twisted_plugins"},
-    package_data={"fmq": ["configspec.ini"]},
+    package_data={"fmq": ["configspec.ini", "static/*"]},
     install_requires=[
         "Twisted>=24.3",
         "klein>=24.8",

@@ -1,10 +1,12 @@
 """
-The operator's listener: C{/health} and C{/metrics}.
+The operator's listener: the status page (C{/}, C{/status.json}), C{/health}
+and C{/metrics}.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -14,6 +16,15 @@ from twisted.web.iweb import IRequest
 from fmq.dispatch import Dispatcher
 from fmq.interfaces import IBroker
 from fmq.metrics import Metrics
+from fmq.status import Status
+
+#: the status page's files, served from the installed package
+STATIC = Path(__file__).with_name("static")
+_TYPES = {
+    ".html": b"text/html; charset=utf-8",
+    ".js": b"text/javascript; charset=utf-8",
+    ".css": b"text/css; charset=utf-8",
+}
 
 
 class Admin:
@@ -30,8 +41,18 @@ class Admin:
         dispatcher: Dispatcher,
         clock: IReactorTime,
         metrics: Metrics,
+        status: Status | None = None,
     ) -> None:
+        """
+        @param status: the status page's data; without it C{/} is 404.
+        """
         self._metrics = metrics
+        self._status = status
+        self._static = {
+            path.name: path.read_bytes()
+            for path in STATIC.iterdir()
+            if path.suffix in _TYPES and status is not None
+        }
         self._broker = broker
         self._broker_type = broker_type
         self._dispatcher = dispatcher
@@ -78,5 +99,48 @@ class Admin:
         """
         body = self._metrics.render()
         request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body
+
+    @app.route("/", methods=["GET"])
+    def render_page(self, request: IRequest) -> bytes:
+        """
+        The status page; its script polls C{/status.json} once a second.
+        """
+        return self._file(request, "status.html")
+
+    @app.route("/static/<name>", methods=["GET"])
+    def render_static(self, request: IRequest, name: str) -> bytes:
+        """
+        The status page's script and style sheet.
+        """
+        return self._file(request, name)
+
+    @app.route("/status.json", methods=["GET"])
+    def render_status(self, request: IRequest) -> bytes:
+        """
+        What the status page shows, as JSON (see C{docs/STATUS.md}).
+        """
+        if self._status is None:
+            return self._not_found(request)
+        body = json.dumps(self._status.snapshot(), separators=(",", ":")).encode()
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body
+
+    def _file(self, request: IRequest, name: str) -> bytes:
+        body = self._static.get(name)
+        if body is None:
+            return self._not_found(request)
+        request.setHeader(b"content-type", _TYPES[Path(name).suffix])
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        return body
+
+    def _not_found(self, request: IRequest) -> bytes:
+        body = b"404 Not Found\n"
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         request.setHeader(b"content-length", b"%d" % len(body))
         return body

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Hashable
+from itertools import islice
 from typing import Protocol
 
 import attrs
@@ -54,6 +55,21 @@ class _Unobserved:
 
     def caller_answered(self, seconds: float) -> None:
         pass
+
+
+@attrs.frozen
+class InFlight:
+    """
+    A read-only view of one broker request in flight, for the status page.
+
+    @ivar request: the broker request.
+    @ivar started: when it was made, on the dispatcher's clock.
+    @ivar callers: how many callers wait for it.
+    """
+
+    request: BrokerRequest
+    started: float
+    callers: int
 
 
 @attrs.define(eq=False)
@@ -123,6 +139,19 @@ class Dispatcher:
         C{"collapse"} or C{"naive"}.
         """
         return "naive" if self._collapse_key is None else "collapse"
+
+    def oldest(self, count: int) -> list[InFlight]:
+        """
+        The C{count} oldest broker requests in flight, oldest first.
+
+        Groups enter the map as they are made and leave it when they end, so
+        the map's order is their age: this reads C{count} entries, whatever
+        the load.
+        """
+        return [
+            InFlight(group.request, group.started, len(group.callers))
+            for group in islice(self._groups.values(), count)
+        ]
 
     def handle(self, caller: CallerRequest) -> Deferred[BrokerResponse]:
         """

@@ -46,6 +46,19 @@ class Metrics:
     def caller_answered(self, seconds: float) -> None:
         self._caller_wait.observe(seconds)
 
+    def caller_wait_buckets(self) -> list[tuple[float, float]]:
+        """
+        The caller wait histogram now: each bucket's upper bound in seconds
+        and how many callers waited at most that long (cumulative, the last
+        bound infinite).
+        """
+        return [
+            (float(s.labels["le"]), s.value)
+            for family in self._caller_wait.collect()
+            for s in family.samples
+            if s.name.endswith("_bucket")
+        ]
+
     def watch(self, dispatcher: Dispatcher, broker: IBroker) -> None:
         """
         Export the counters and gauges of C{dispatcher} and C{broker}.

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 from configobj import ConfigObj, ConfigObjError, flatten_errors, get_extra_values
@@ -80,11 +81,12 @@ class LoggingSettings:
 @attrs.frozen
 class AdminSettings:
     """
-    The operator's listener: health and metrics.
+    The operator's listener: status page, health and metrics.
     """
 
     interface: str
     port: int
+    show_query: bool
 
 
 @attrs.frozen
@@ -113,17 +115,41 @@ class Settings:
     amqp: AmqpSettings
     source: str = "defaults"
 
-    def summary(self) -> str:
+    def effective(self) -> dict[str, dict[str, Any]]:
         """
-        Every effective setting on one line, for the start-up log.
+        Every effective setting by section, passwords masked: what the log
+        and the status page show. C{[amqp]} only with the AMQP broker.
         """
-        parts = []
+        sections = {}
         for section in _SECTIONS:
             if section == "amqp" and self.broker.type != "amqp":
                 continue
             values = attrs.asdict(getattr(self, section), recurse=False)
-            parts.append(f"[{section}] " + " ".join(f"{k}={v}" for k, v in values.items()))
-        return " ".join(parts)
+            if section == "amqp":
+                values["url"] = mask_password(values["url"])
+            sections[section] = values
+        return sections
+
+    def summary(self) -> str:
+        """
+        Every effective setting on one line, for the start-up log.
+        """
+        return " ".join(
+            f"[{section}] " + " ".join(f"{k}={v}" for k, v in values.items())
+            for section, values in self.effective().items()
+        )
+
+
+def mask_password(url: str) -> str:
+    """
+    C{url} with the password of its user part, if any, replaced by C{***}.
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 @implementer(ISettingsSource)

@@ -11,7 +11,7 @@ from typing import Any
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.logger import Logger
+from twisted.logger import Logger, LogPublisher
 from twisted.python import usage
 
 from fmq import __version__
@@ -25,6 +25,7 @@ from fmq.logs import make_observer
 from fmq.metrics import Metrics
 from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm
 from fmq.settings import IniFile, Settings, SettingsError, load_settings
+from fmq.status import Events, Sampler, Status
 from fmq.warmup import warm_up
 from fmq.web import AccessLogSite, Front, QuietSite
 
@@ -90,7 +91,10 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     Stopping goes in reverse: the listeners stop accepting, the drain answers
     waiting callers 503, then the broker stops and leaves its request files.
     """
-    root = FmqService(make_observer(settings.logging.level, settings.logging.format))
+    events = Events(settings.admin.show_query)
+    root = FmqService(
+        LogPublisher(make_observer(settings.logging.level, settings.logging.format), events)
+    )
     broker = make_broker(settings, reactor)
     broker.setServiceParent(root)
     collapse_key = (
@@ -132,7 +136,20 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
         site,
     )
 
-    admin = Admin(broker, settings.broker.type, dispatcher, reactor, metrics)
+    sampler = Sampler(dispatcher, broker, metrics, reactor)
+    sampler.setServiceParent(root)
+    status = Status(
+        dispatcher,
+        broker,
+        settings.broker.type,
+        sampler,
+        events,
+        reactor,
+        settings.effective(),
+        __version__,
+        settings.admin.show_query,
+    )
+    admin = Admin(broker, settings.broker.type, dispatcher, reactor, metrics, status)
     admin_resource = admin.app.resource()
     admin_site = QuietSite(admin_resource, reactor=reactor)
     _listen(root, reactor, settings.admin.interface, settings.admin.port, admin_site, 50)

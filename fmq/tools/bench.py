@@ -206,20 +206,25 @@ def ceiling_ratio(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     fmq (collapse) against the bare Klein app, alternating, medians.
     """
     runs: dict[str, list[tuple[float, float]]] = {"fmq": [], "klein": [], "held": []}
+    if args.status_poll:
+        runs["polled"] = []
     with stack(root) as s:
         directory = s.workdir / "broker"
-        port, _, pid = s.fmq("collapse", directory)
+        port, admin, pid = s.fmq("collapse", directory)
         s.backend(directory, 0.005)
         targets = {"fmq": (port, pid)}
+        if args.status_poll:
+            targets["polled"] = (port, pid)
         for name, defer in [("klein", 0.0), ("held", 0.03)]:
             targets[name] = (s.ceiling(defer), s.processes[-1].pid)
         for p, _ in targets.values():
             wrk(p, 2, args.connections, args.hot_keys, s.workdir)  # warm-up
         for _ in range(args.repeats):
             for name, (p, process) in targets.items():
-                runs[name].append(
-                    wrk(p, args.seconds, args.connections, args.hot_keys, s.workdir, process)
-                )
+                with poll_status(admin if name == "polled" else None):
+                    runs[name].append(
+                        wrk(p, args.seconds, args.connections, args.hot_keys, s.workdir, process)
+                    )
             print(
                 "  "
                 + ", ".join(
@@ -233,12 +238,42 @@ def ceiling_ratio(args: argparse.Namespace, root: Path) -> dict[str, Any]:
         result[f"{name}_cpu_us"] = [c for _, c in runs[name]]
         result[f"{name}_median"] = statistics.median(result[f"{name}_req_per_s"])
         result[f"{name}_cpu_us_median"] = statistics.median(result[f"{name}_cpu_us"])
+    if args.status_poll:
+        result["ratio_polled_klein"] = round(result["polled_median"] / result["klein_median"], 3)
     for name in ("klein", "held"):
         result[f"ratio_{name}"] = round(result["fmq_median"] / result[f"{name}_median"], 3)
         result[f"cpu_ratio_{name}"] = round(
             result[f"{name}_cpu_us_median"] / result["fmq_cpu_us_median"], 3
         )
     return result
+
+
+@contextlib.contextmanager
+def poll_status(admin: int | None) -> Iterator[None]:
+    """
+    While in the block, fetch C{/status.json} from C{admin} once a second,
+    as the status page does; nothing if C{admin} is None.
+    """
+    if admin is None:
+        yield
+        return
+    import threading
+    import urllib.request
+
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(1.0):
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/status.json") as response:
+                response.read()
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def burst_args(port: int, admin: int, keys: int, batch: int) -> argparse.Namespace:
@@ -508,6 +543,7 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for name, label in [
             ("fmq", "fmq, collapse"),
+            *([("polled", "fmq, /status.json polled 1/s")] if "polled_median" in c else []),
             ("klein", "bare Klein (the ceiling)"),
             ("held", "bare Klein holding answers 30 ms"),
         ]:
@@ -519,6 +555,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             f"| **fmq / bare Klein** | | **{c['ratio_klein']}** | | **{c['cpu_ratio_klein']}** |",
             f"| fmq / Klein holding answers | | {c['ratio_held']} | | {c['cpu_ratio_held']} |",
+            *(
+                [f"| fmq polled / bare Klein | | {c['ratio_polled_klein']} | | |"]
+                if "ratio_polled_klein" in c
+                else []
+            ),
             "",
             "(CPU ratios: the other's CPU per request divided by fmq's.)",
             "",
@@ -614,6 +655,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="wrk runs of each, alternating")
     parser.add_argument("--connections", type=int, default=500)
     parser.add_argument("--hot-keys", type=int, default=10)
+    parser.add_argument(
+        "--status-poll",
+        action="store_true",
+        help="ceiling: also run fmq with /status.json fetched once a second, alternating",
+    )
     parser.add_argument("--bursts", type=int, default=5)
     parser.add_argument("--probes", type=int, default=200, help="latency probes of each")
     parser.add_argument(
