@@ -41,6 +41,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import psutil
 
 from fmq.tools.loadtest import Sampler, raise_own_limit, step
@@ -52,6 +53,62 @@ request = function()
   return wrk.format("GET", "/hot" .. (counter %% %(keys)d) .. "?x=1")
 end
 """
+
+
+#: the folder holding the C{fmq} package the processes started import
+SOURCE = Path(__file__).resolve().parent.parent.parent
+
+#: PyPy's young generation when the environment sets none, as C{scripts/run}
+PYPY_GC_NURSERY = "16MB"
+
+
+@attrs.frozen
+class Interpreter:
+    """
+    A Python that fmq and the bare Klein app run on, through its own
+    virtualenv: C{.venv} for C{cpython}, C{.venv-pypy3} for C{pypy3}, as
+    C{FMQ_PYTHON=pypy3 ./scripts/run} makes them.
+
+    @ivar name: C{cpython}, or the command C{FMQ_PYTHON} would name.
+    @ivar bin: the virtualenv's C{bin} folder.
+    @ivar pypy: whether it is PyPy.
+    @ivar env: what the processes started on it get in their environment.
+    """
+
+    name: str
+    bin: Path
+    pypy: bool
+    env: dict[str, str] = attrs.field(eq=False)
+
+    @classmethod
+    def named(cls, name: str) -> Interpreter:
+        """
+        The interpreter C{name}, its virtualenv made and the project
+        installed into it if it has none yet (through C{scripts/_venv.sh}).
+        """
+        venv = SOURCE / (".venv" if name == "cpython" else f".venv-{Path(name).name}")
+        if not (venv / "bin" / "twistd").exists():
+            print(f"bench: making {venv} for {name}", file=sys.stderr)
+            env = dict(os.environ)
+            env.pop("FMQ_PYTHON", None)
+            if name != "cpython":
+                env["FMQ_PYTHON"] = name
+            subprocess.run(
+                ["bash", "-c", 'source scripts/_venv.sh && install_project ""'],
+                cwd=SOURCE, env=env, check=True,
+            )  # fmt: skip
+        pypy = subprocess.run(
+            [str(venv / "bin" / "python"), "-c",
+             "import platform; print(platform.python_implementation())"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip() == "PyPy"  # fmt: skip
+        env = {}
+        if pypy:
+            env["PYPY_GC_NURSERY"] = os.environ.get("PYPY_GC_NURSERY", PYPY_GC_NURSERY)
+            for name_ in ("PYPY_GC_MAX", "PYPY_GC_MAJOR_COLLECT", "PYPY_GC_GROWTH"):
+                if name_ in os.environ:
+                    env[name_] = os.environ[name_]
+        return cls(name, venv / "bin", pypy, env)
 
 
 def free_port() -> int:
@@ -72,20 +129,32 @@ class Stack:
         self.workdir = workdir
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, command: list[str], interpreter: Interpreter | None = None
+    ) -> subprocess.Popen[bytes]:
         """
-        Start C{command}, its output in C{<name>.log} in the work folder.
+        Start C{command}, its output in C{<name>.log} in the work folder;
+        with C{interpreter}'s environment (its GC settings) if given.
         """
         log = open(self.workdir / f"{name}.log", "ab")
-        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        env = dict(os.environ, PYTHONPATH=str(SOURCE))
+        if interpreter is not None:
+            env.update(interpreter.env)
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         self.processes.append(process)
         return process
 
-    def fmq(self, mode: str, directory: Path, **extra: dict[str, object]) -> tuple[int, int, int]:
+    def fmq(
+        self,
+        mode: str,
+        directory: Path,
+        interpreter: Interpreter | None = None,
+        **extra: dict[str, object],
+    ) -> tuple[int, int, int]:
         """
-        Start fmq; return its port, admin port and pid once it answers.
+        Start fmq (on C{interpreter}, else on this Python); return its port,
+        admin port and pid once it answers.
         """
         port, admin = free_port(), free_port()
         sections: dict[str, dict[str, object]] = {
@@ -103,8 +172,12 @@ class Stack:
                 for s, values in sections.items()
             )
         )
-        twistd = Path(sys.executable).with_name("twistd")
-        process = self.spawn("fmq", [str(twistd), "-n", "--pidfile=", "fmq", "--config", str(ini)])
+        bin = interpreter.bin if interpreter is not None else Path(sys.executable).parent
+        process = self.spawn(
+            "fmq",
+            [str(bin / "twistd"), "-n", "--pidfile=", "fmq", "--config", str(ini)],
+            interpreter,
+        )
         wait_for_port(admin, process)
         return port, admin, process.pid
 
@@ -118,14 +191,17 @@ class Stack:
              "--delay", str(delay), "--poll", "0.002"],
         )  # fmt: skip
 
-    def ceiling(self, defer: float = 0.0) -> int:
+    def ceiling(self, defer: float = 0.0, interpreter: Interpreter | None = None) -> int:
         """
-        Start the bare Klein app (holding answers C{defer} seconds); return its port.
+        Start the bare Klein app (holding answers C{defer} seconds, on
+        C{interpreter}, else on this Python); return its port.
         """
         port = free_port()
+        python = interpreter.bin / "python" if interpreter is not None else Path(sys.executable)
         process = self.spawn(
             "ceiling",
-            [sys.executable, "-m", "fmq.tools.ceiling", "--port", str(port), "--defer", str(defer)],
+            [str(python), "-m", "fmq.tools.ceiling", "--port", str(port), "--defer", str(defer)],
+            interpreter,
         )
         wait_for_port(port, process)
         return port
@@ -175,21 +251,37 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], patience: float =
 
 
 def wrk(
-    port: int, seconds: int, connections: int, keys: int, workdir: Path, pid: int | None = None
-) -> tuple[float, float]:
+    port: int, seconds: float, connections: int, keys: int, workdir: Path, pid: int | None = None
+) -> tuple[float, float, float]:
     """
-    Requests per second that C{wrk} got from C{port}, and the CPU time the
-    process C{pid} spent per request, in microseconds.
+    Requests per second that C{wrk} got from C{port}; the CPU time the
+    process C{pid} spent per request, in microseconds, and its largest RSS
+    meanwhile, in MB (sampled every 0.25 s).
     """
+    import threading
+
     process = psutil.Process(pid) if pid else None
     cpu_before = sum(process.cpu_times()[:2]) if process else 0.0
+    peak = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while process is not None and not done.wait(0.25):
+            peak[0] = max(peak[0], process.memory_info().rss / 2**20)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     script = workdir / "hot.lua"
     script.write_text(WRK_SCRIPT % {"keys": keys})
-    out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script),
-         f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+    try:
+        out = subprocess.run(
+            ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", str(script),
+             f"http://127.0.0.1:{port}/"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        done.set()
+        sampler.join()
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         print(f"  wrk saw {errors.group(1)} non-2xx answers", file=sys.stderr)
@@ -198,53 +290,130 @@ def wrk(
     count = re.search(r"(\d+) requests in", out)
     if not rate or not count:
         raise SystemExit(f"bench: cannot read wrk's output:\n{out}")
-    return float(rate.group(1)), round(cpu / max(1, int(count.group(1))) * 1e6, 1)
+    return (
+        float(rate.group(1)),
+        round(cpu / max(1, int(count.group(1))) * 1e6, 1),
+        round(peak[0], 1),
+    )
+
+
+@contextlib.contextmanager
+def alone(running: list[int], others: list[int]) -> Iterator[None]:
+    """
+    Stop (C{SIGSTOP}) the processes C{others} but those in C{running} while in
+    the block, so that idle targets (a backend polling its directory, another
+    interpreter's fmq) take no CPU from the one measured.
+    """
+    stopped = []
+    for pid in others:
+        if pid not in running:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).suspend()
+                stopped.append(pid)
+    try:
+        yield
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(pid).resume()
+
+
+def warm_up(args: argparse.Namespace, port: int, workdir: Path, pid: int) -> dict[str, Any]:
+    """
+    Load C{port} for C{--warmup} seconds, one second at a time, and say when
+    its throughput came within 10% of its plateau (the median of the last
+    three seconds): PyPy's JIT needs seconds of load before full speed.
+    """
+    rates = []
+    for _ in range(args.warmup):
+        rate, _, _ = wrk(port, 1, args.connections, args.hot_keys, workdir, pid)
+        rates.append(rate)
+    plateau = statistics.median(rates[-3:])
+    reached = next(n for n, rate in enumerate(rates) if rate >= 0.9 * plateau)
+    return {"per_second": rates, "plateau": plateau, "seconds_to_plateau": reached + 1}
 
 
 def ceiling_ratio(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """
-    fmq (collapse) against the bare Klein app, alternating, medians.
+    fmq (collapse) against the bare Klein app on each interpreter,
+    alternating, medians; each one warmed up first, and the time it took.
     """
-    runs: dict[str, list[tuple[float, float]]] = {"fmq": [], "klein": [], "held": []}
-    if args.status_poll:
-        runs["polled"] = []
+    names = ["fmq", *(["polled"] if args.status_poll else []), "klein", "held"]
+    runs: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    targets: dict[tuple[str, str], tuple[int, int, list[int]]] = {}
+    result: dict[str, Any] = {"interpreters": {}}
     with stack(root) as s:
-        directory = s.workdir / "broker"
-        port, admin, pid = s.fmq("collapse", directory)
-        s.backend(directory, 0.005)
-        targets = {"fmq": (port, pid)}
-        if args.status_poll:
-            targets["polled"] = (port, pid)
-        for name, defer in [("klein", 0.0), ("held", 0.03)]:
-            targets[name] = (s.ceiling(defer), s.processes[-1].pid)
-        for p, _ in targets.values():
-            wrk(p, 2, args.connections, args.hot_keys, s.workdir)  # warm-up
+        for interpreter in args.interpreters:
+            i = interpreter.name
+            directory = s.workdir / f"broker-{i}"
+            port, admin, pid = s.fmq("collapse", directory, interpreter)
+            s.backend(directory, 0.005)
+            time.sleep(1)
+            result["interpreters"][i] = {
+                "rss_mb_idle": round(psutil.Process(pid).memory_info().rss / 2**20, 1),
+                "gc": interpreter.env,
+                "admin": admin,
+            }
+            group = [pid, s.processes[-1].pid]
+            targets[i, "fmq"] = (port, pid, group)
+            if args.status_poll:
+                targets[i, "polled"] = (port, pid, group)
+            for name, defer in [("klein", 0.0), ("held", 0.03)]:
+                p = s.ceiling(defer, interpreter)
+                targets[i, name] = (p, s.processes[-1].pid, [s.processes[-1].pid])
+        everyone = [p.pid for p in s.processes]
+        for (i, name), (port, pid, group) in targets.items():
+            runs[i, name] = []
+            if name == "polled":
+                continue
+            with alone(group, everyone):
+                result["interpreters"][i][f"{name}_warmup"] = w = warm_up(
+                    args, port, s.workdir, pid
+                )
+            print(f"  {i} {name}: within 10% of its plateau ({w['plateau']:.0f} req/s) "
+                  f"after {w['seconds_to_plateau']} s of load")  # fmt: skip
         for _ in range(args.repeats):
-            for name, (p, process) in targets.items():
-                with poll_status(admin if name == "polled" else None):
-                    runs[name].append(
-                        wrk(p, args.seconds, args.connections, args.hot_keys, s.workdir, process)
+            for (i, name), (port, pid, group) in targets.items():
+                admin = result["interpreters"][i]["admin"]
+                with alone(group, everyone), poll_status(admin if name == "polled" else None):
+                    runs[i, name].append(
+                        wrk(port, args.seconds, args.connections, args.hot_keys, s.workdir, pid)
                     )
             print(
                 "  "
                 + ", ".join(
-                    f"{name} {rate:.0f} req/s ({cpu} µs CPU/request)"
-                    for name, [*_, (rate, cpu)] in runs.items()
+                    f"{i} {name} {rate:.0f} req/s ({cpu} µs CPU/request)"
+                    for (i, name), [*_, (rate, cpu, _)] in runs.items()
                 )
             )
-    result: dict[str, Any] = {}
-    for name in runs:
-        result[f"{name}_req_per_s"] = [r for r, _ in runs[name]]
-        result[f"{name}_cpu_us"] = [c for _, c in runs[name]]
-        result[f"{name}_median"] = statistics.median(result[f"{name}_req_per_s"])
-        result[f"{name}_cpu_us_median"] = statistics.median(result[f"{name}_cpu_us"])
-    if args.status_poll:
-        result["ratio_polled_klein"] = round(result["polled_median"] / result["klein_median"], 3)
-    for name in ("klein", "held"):
-        result[f"ratio_{name}"] = round(result["fmq_median"] / result[f"{name}_median"], 3)
-        result[f"cpu_ratio_{name}"] = round(
-            result[f"{name}_cpu_us_median"] / result["fmq_cpu_us_median"], 3
-        )
+    for i, r in result["interpreters"].items():
+        del r["admin"]
+        for name in names:
+            rows = runs[i, name]
+            r[f"{name}_req_per_s"] = [rate for rate, _, _ in rows]
+            r[f"{name}_cpu_us"] = [cpu for _, cpu, _ in rows]
+            r[f"{name}_median"] = statistics.median(r[f"{name}_req_per_s"])
+            r[f"{name}_cpu_us_median"] = statistics.median(r[f"{name}_cpu_us"])
+        r["rss_mb_load"] = max(rss for _, _, rss in runs[i, "fmq"])
+        if args.status_poll:
+            r["ratio_polled_klein"] = round(r["polled_median"] / r["klein_median"], 3)
+        for name in ("klein", "held"):
+            r[f"ratio_{name}"] = round(r["fmq_median"] / r[f"{name}_median"], 3)
+            r[f"cpu_ratio_{name}"] = round(r[f"{name}_cpu_us_median"] / r["fmq_cpu_us_median"], 3)
+    names_run = [interpreter.name for interpreter in args.interpreters]
+    if len(names_run) > 1:
+        first = names_run[0]
+        for other in names_run[1:]:
+            # each run against the run of the first interpreter in the same round
+            pairs = zip(runs[other, "fmq"], runs[first, "fmq"])
+            result[f"fmq_{other}_over_{first}"] = {
+                "each": [round(a[0] / b[0], 2) for a, b in pairs],
+                "of_medians": round(
+                    result["interpreters"][other]["fmq_median"]
+                    / result["interpreters"][first]["fmq_median"],
+                    2,
+                ),
+            }
     return result
 
 
@@ -310,28 +479,39 @@ def naive_vs_collapse(args: argparse.Namespace, root: Path) -> dict[str, Any]:
 
 def bursts(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """
-    A warm-up, then five bursts of 20,000 (50 keys x 100 x 4 rounds, 2,000 at
-    a time) on one fmq; RSS after each burst against RSS after the warm-up.
+    On each interpreter: a warm-up, then five bursts of 20,000 (50 keys x 100
+    x 4 rounds, 2,000 at a time) on one fmq; RSS after each burst against
+    RSS after the warm-up.
     """
-    with stack(root) as s:
-        directory = s.workdir / "broker"
-        port, admin, pid = s.fmq("collapse", directory)
-        s.backend(directory, 0.005)
-        sampler = Sampler(pid)
-        asyncio.run(step(burst_args(port, admin, 50, 40), sampler, 2000, [1000]))
-        time.sleep(1)
-        warm = sampler.sample("warm")["rss_mb"]
-        rows = []
-        for n in range(args.bursts):
-            rounds = list(range(n * 4, n * 4 + 4))
-            row = asyncio.run(step(burst_args(port, admin, 50, 100), sampler, 2000, rounds))
+    results = {}
+    for interpreter in args.interpreters:
+        with stack(root) as s:
+            directory = s.workdir / "broker"
+            port, admin, pid = s.fmq("collapse", directory, interpreter)
+            s.backend(directory, 0.005)
+            sampler = Sampler(pid)
             time.sleep(1)
-            row["rss_mb_settled"] = round(sampler.sample()["rss_mb"], 1)
-            rows.append(row)
-            print(f"  burst {n + 1}: {row['requests']} requests, {row['errors']} errors, "
-                  f"{row['broker_requests']} broker requests for {row['batches']} batches, "
-                  f"{row['req_per_s']} req/s, RSS {row['rss_mb_settled']} MB")  # fmt: skip
-    return {"rss_mb_after_warmup": round(warm, 1), "bursts": rows}
+            idle = sampler.sample("idle")["rss_mb"]
+            asyncio.run(step(burst_args(port, admin, 50, 40), sampler, 2000, [1000]))
+            time.sleep(1)
+            warm = sampler.sample("warm")["rss_mb"]
+            rows = []
+            for n in range(args.bursts):
+                rounds = list(range(n * 4, n * 4 + 4))
+                row = asyncio.run(step(burst_args(port, admin, 50, 100), sampler, 2000, rounds))
+                time.sleep(1)
+                row["rss_mb_settled"] = round(sampler.sample()["rss_mb"], 1)
+                rows.append(row)
+                print(f"  {interpreter.name} burst {n + 1}: {row['requests']} requests, "
+                      f"{row['errors']} errors, {row['broker_requests']} broker requests for "
+                      f"{row['batches']} batches, {row['req_per_s']} req/s, "
+                      f"RSS {row['rss_mb_settled']} MB")  # fmt: skip
+        results[interpreter.name] = {
+            "rss_mb_idle": round(idle, 1),
+            "rss_mb_after_warmup": round(warm, 1),
+            "bursts": rows,
+        }
+    return results
 
 
 async def _added_latency(port: int, directory: Path, count: int, jitter: float) -> list[float]:
@@ -430,7 +610,7 @@ async def _cpu_while_waiting(
     Hold C{count} callers of distinct targets, each on its own connection,
     until fmq reports them all waiting; then fmq's CPU share over C{seconds}.
     """
-    from fmq.loadtest import metrics_of
+    from fmq.tools.loadtest import metrics_of
 
     writers: list[asyncio.StreamWriter] = []
 
@@ -460,23 +640,54 @@ async def _cpu_while_waiting(
 
 def waiting_cost(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     """
-    fmq's CPU share, as a fraction of one core, while distinct requests wait
-    and nothing answers them: with 1,000 and 10,000 waiting, with inotify
-    (the default) and polling only.
+    On each interpreter, fmq's CPU share, as a fraction of one core, while
+    distinct requests wait and nothing answers them: with 1,000 and 10,000
+    waiting, with inotify (the default) and polling only. Then its memory
+    per waiting caller: C{fmq-loadtest --hold 10000 --keys 100}, the backend
+    answering after 20 s.
     """
-    results = {}
-    for watch, count in [("inotify", 1_000), ("inotify", 10_000), ("poll", 10_000)]:
+    from fmq.tools.loadtest import hold
+
+    results: dict[str, Any] = {}
+    for interpreter in args.interpreters:
+        rows: dict[str, Any] = {}
+        for watch, count in [("inotify", 1_000), ("inotify", 10_000), ("poll", 10_000)]:
+            with stack(root) as s:
+                port, admin, pid = s.fmq(
+                    "collapse",
+                    s.workdir / "broker",
+                    interpreter,
+                    http={"request_timeout": 3600},
+                    broker={"request_ttl": 3600, "watch": watch},
+                )
+                row = asyncio.run(_cpu_while_waiting(port, admin, pid, count, args.idle_seconds))
+            name = f"{count} waiting, {watch}"
+            rows[name] = row
+            print(f"  {interpreter.name} {name}: {row['cpu_share'] * 100:.1f}% of a core "
+                  f"over {row['seconds']} s")  # fmt: skip
         with stack(root) as s:
-            port, admin, pid = s.fmq(
-                "collapse",
-                s.workdir / "broker",
-                http={"request_timeout": 3600},
-                broker={"request_ttl": 3600, "watch": watch},
-            )
-            row = asyncio.run(_cpu_while_waiting(port, admin, pid, count, args.idle_seconds))
-        name = f"{count} waiting, {watch}"
-        results[name] = row
-        print(f"  {name}: {row['cpu_share'] * 100:.1f}% of a core over {row['seconds']} s")
+            directory = s.workdir / "broker"
+            port, admin, pid = s.fmq("collapse", directory, interpreter)
+            s.backend(directory, 20.0)
+            time.sleep(1)
+            held = asyncio.run(
+                hold(
+                    argparse.Namespace(
+                        host="127.0.0.1", port=port, admin_port=admin, hold=10_000, keys=100,
+                        timeout=120.0,
+                    ),
+                    Sampler(pid),
+                )
+            )  # fmt: skip
+        rows["hold"] = {
+            "rss_mb_idle": round(held["idle"].get("rss_mb", 0), 1),
+            "rss_mb_waiting": round(held["peak"].get("rss_mb", 0), 1),
+            "rss_mb_after": round(held["after"].get("rss_mb", 0), 1),
+            "kb_per_waiting_caller": held["kb_per_waiting_caller"],
+            "errors": held["errors"],
+        }
+        print(f"  {interpreter.name} 10,000 waiting on 100 keys: {rows['hold']}")
+        results[interpreter.name] = rows
     return results
 
 
@@ -492,7 +703,10 @@ def scale_out(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"one": [], "two": []}
     try:
         with stack(root) as s:
-            ports = [s.fmq("collapse", s.workdir / f"unused{n}", **amqp)[0] for n in range(2)]
+            first = args.interpreters[0]
+            ports = [
+                s.fmq("collapse", s.workdir / f"unused{n}", first, **amqp)[0] for n in range(2)
+            ]
             backend = ["--broker", "amqp", "--url", args.amqp_url, "--queue", queue]
             s.spawn(
                 "backend", [sys.executable, "-m", "fmq.tools.backend", *backend, "--delay", "0.005"]
@@ -500,7 +714,7 @@ def scale_out(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             time.sleep(2)
             wrk(ports[0], 2, args.connections, args.hot_keys, s.workdir)  # warm-up
             for _ in range(args.repeats):
-                rate, _ = wrk(ports[0], args.seconds, args.connections, args.hot_keys, s.workdir)
+                rate, _, _ = wrk(ports[0], args.seconds, args.connections, args.hot_keys, s.workdir)
                 results["one"].append(rate)
                 both = [
                     subprocess.Popen(
@@ -536,34 +750,52 @@ def markdown(results: dict[str, Any]) -> str:
     """
     lines = []
     c = results.get("ceiling")
-    if c:
+    for i, r in (c or {}).get("interpreters", {}).items():
         lines += [
+            f"On {i} ({', '.join(f'{k}={v}' for k, v in r['gc'].items()) or 'default GC'}):",
+            "",
             "| | req/s, each run | median req/s | CPU µs per request, each run | median |",
             "| --- | --- | --- | --- | --- |",
         ]
         for name, label in [
             ("fmq", "fmq, collapse"),
-            *([("polled", "fmq, /status.json polled 1/s")] if "polled_median" in c else []),
+            *([("polled", "fmq, /status.json polled 1/s")] if "polled_median" in r else []),
             ("klein", "bare Klein (the ceiling)"),
             ("held", "bare Klein holding answers 30 ms"),
         ]:
             lines.append(
-                f"| {label} | {', '.join(f'{r:.0f}' for r in c[f'{name}_req_per_s'])} "
-                f"| {c[f'{name}_median']:.0f} | {', '.join(str(u) for u in c[f'{name}_cpu_us'])} "
-                f"| {c[f'{name}_cpu_us_median']} |"
+                f"| {label} | {', '.join(f'{x:.0f}' for x in r[f'{name}_req_per_s'])} "
+                f"| {r[f'{name}_median']:.0f} | {', '.join(str(u) for u in r[f'{name}_cpu_us'])} "
+                f"| {r[f'{name}_cpu_us_median']} |"
             )
         lines += [
-            f"| **fmq / bare Klein** | | **{c['ratio_klein']}** | | **{c['cpu_ratio_klein']}** |",
-            f"| fmq / Klein holding answers | | {c['ratio_held']} | | {c['cpu_ratio_held']} |",
+            f"| **fmq / bare Klein** | | **{r['ratio_klein']}** | | **{r['cpu_ratio_klein']}** |",
+            f"| fmq / Klein holding answers | | {r['ratio_held']} | | {r['cpu_ratio_held']} |",
             *(
-                [f"| fmq polled / bare Klein | | {c['ratio_polled_klein']} | | |"]
-                if "ratio_polled_klein" in c
+                [f"| fmq polled / bare Klein | | {r['ratio_polled_klein']} | | |"]
+                if "ratio_polled_klein" in r
                 else []
             ),
             "",
             "(CPU ratios: the other's CPU per request divided by fmq's.)",
             "",
+            f"fmq's RSS: {r['rss_mb_idle']} MB idle, {r['rss_mb_load']} MB at most under load. "
+            "Seconds of load until within 10% of the plateau: "
+            + ", ".join(
+                f"{name} {r[f'{name}_warmup']['seconds_to_plateau']} s "
+                f"({r[f'{name}_warmup']['plateau']:.0f} req/s)"
+                for name in ("fmq", "klein", "held")
+            )
+            + ".",
+            "",
         ]
+    for key, value in (c or {}).items():
+        if key.startswith("fmq_") and "_over_" in key:
+            lines += [
+                f"{key}: {value['of_medians']} (medians), each round: "
+                f"{', '.join(str(x) for x in value['each'])}",
+                "",
+            ]
     n = results.get("naive_vs_collapse")
     if n:
         keys = ["seconds", "req_per_s", "p50_ms", "p99_ms", "broker_requests", "errors",
@@ -602,25 +834,35 @@ def markdown(results: dict[str, Any]) -> str:
             f"| two / one | | {so['ratio']} |",
             "",
         ]
-    w = results.get("waiting_cost")
-    if w:
-        lines += ["| distinct requests waiting, nothing answered | fmq's CPU, % of one core |",
-                  "| --- | --- |"]  # fmt: skip
-        lines += [f"| {name} | {r['cpu_share'] * 100:.1f} |" for name, r in w.items()]
-        lines.append("")
-    b = results.get("bursts")
-    if b:
+    for i, w in results.get("waiting_cost", {}).items():
+        lines += [
+            f"| {i}: distinct requests waiting, nothing answered | fmq's CPU, % of one core |",
+            "| --- | --- |",
+        ]
+        lines += [
+            f"| {name} | {r['cpu_share'] * 100:.1f} |" for name, r in w.items() if name != "hold"
+        ]
+        h = w["hold"]
+        lines += [
+            "",
+            f"{i}, 10,000 callers waiting on 100 keys: RSS {h['rss_mb_idle']} MB idle, "
+            f"{h['rss_mb_waiting']} MB waiting, {h['rss_mb_after']} MB after; "
+            f"{h['kb_per_waiting_caller']} KB per waiting caller, {h['errors']} errors.",
+            "",
+        ]
+    for i, b in results.get("bursts", {}).items():
         keys = ["requests", "seconds", "req_per_s", "p50_ms", "p99_ms", "errors",
                 "broker_requests", "batches", "threads_max", "rss_mb_max",
                 "rss_mb_settled"]  # fmt: skip
         lines += [
-            f"RSS after warm-up: {b['rss_mb_after_warmup']} MB",
+            f"{i}: RSS idle {b['rss_mb_idle']} MB, after warm-up {b['rss_mb_after_warmup']} MB",
             "",
             "| burst | " + " | ".join(keys) + " |",
             "| --- |" + " --- |" * len(keys),
         ]
-        for i, row in enumerate(b["bursts"], 1):
-            lines.append(f"| {i} | " + " | ".join(str(row[k]) for k in keys) + " |")
+        for n, row in enumerate(b["bursts"], 1):
+            lines.append(f"| {n} | " + " | ".join(str(row[k]) for k in keys) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -660,6 +902,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="ceiling: also run fmq with /status.json fetched once a second, alternating",
     )
+    parser.add_argument(
+        "--interpreters",
+        default="cpython",
+        help="comma-separated: run fmq and the bare Klein app on each, e.g. cpython,pypy3 "
+        "(each from its own virtualenv, .venv or .venv-pypy3, made if missing; PyPy with "
+        f"PYPY_GC_NURSERY={PYPY_GC_NURSERY} unless the environment sets it) "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--python", help="the same as --interpreters with one name, e.g. --python pypy3"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=12,
+        help="ceiling: seconds of load (in 1 s runs) before measuring, to find the plateau",
+    )
     parser.add_argument("--bursts", type=int, default=5)
     parser.add_argument("--probes", type=int, default=200, help="latency probes of each")
     parser.add_argument(
@@ -674,12 +933,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, default=Path("bench.json"))
     args = parser.parse_args(argv)
+    names = [args.python] if args.python else args.interpreters.split(",")
+    args.interpreters = [Interpreter.named(name.strip()) for name in names if name.strip()]
     if shutil.which("wrk") is None and (not args.only or "ceiling" in args.only):
         raise SystemExit("bench: wrk is not installed (apt-get install wrk)")
     raise_own_limit()
     parts = args.only or [part for part, *_ in PARTS]
     root = Path(tempfile.mkdtemp(prefix="fmq-bench-", dir=args.dir))
-    results: dict[str, Any] = {"machine": machine()}
+    results: dict[str, Any] = {"machine": machine(args.interpreters)}
     try:
         for part, key, title, measure in PARTS:
             if part in parts:
@@ -693,7 +954,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def machine() -> dict[str, Any]:
+def machine(interpreters: list[Interpreter]) -> dict[str, Any]:
     """
     What the figures were measured on.
     """
@@ -704,6 +965,18 @@ def machine() -> dict[str, Any]:
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "kernel": platform.release(),
+        "load_average": os.getloadavg(),
+        "interpreters": {
+            i.name: {
+                "version": subprocess.run(
+                    [str(i.bin / "python"), "-c", "import sys; print(sys.version)"],
+                    capture_output=True,
+                    text=True,
+                ).stdout.strip(),
+                "env": i.env,
+            }
+            for i in interpreters
+        },
     }
 
 
