@@ -32,6 +32,7 @@ from fmq.brokers.janitor import Janitor
 from fmq.brokers.keystate import KeyTable
 from fmq.brokers.layout import (
     RESPONSE,
+    Paths,
     answer_keys,
     request_name,
     sort_leftovers,
@@ -105,6 +106,7 @@ class FileBroker(Service):
         self._ttl = request_ttl
         self._settle_time = settle_time
         self._fs = fs if fs is not None else FileSystem()
+        self._paths = Paths(self.directory)
         self._keys = KeyTable(delete_retry_max)
         self._requests = PendingRequests(clock, self._expired)
         self._guard = DirectoryGuard(
@@ -256,7 +258,7 @@ class FileBroker(Service):
         request = self._requests.request(rid)
         try:
             mtime_ns = self._fs.write_atomic(
-                self.directory / request_name(key), encode_request(request)
+                self._paths(request_name(key)), encode_request(request)
             )
         except OSError as e:
             if e.errno in OVERLOAD_ERRNOS:

@@ -33,7 +33,9 @@ class FileSystem:
         @return: the written file's mtime in nanoseconds.
         @raise OSError: nothing was left behind.
         """
-        temp = path.with_name(temporary_name(path.name, os.getpid()))
+        # strings: cheaper than a Path built per request
+        head, name = os.path.split(os.fspath(path))
+        temp = os.path.join(head, temporary_name(name, os.getpid()))
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             try:

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from fmq.brokers.actions import Action, RetryDelete
 from fmq.brokers.fs import FileSystem
 from fmq.brokers.keystate import KeyTable
+from fmq.brokers.layout import Paths
 
 __all__ = ["Janitor"]
 
@@ -44,6 +45,7 @@ class Janitor:
             next request for the key).
         """
         self._directory = directory
+        self._paths = Paths(directory)
         self._fs = fs
         self._clock = clock
         self._keys = keys
@@ -64,7 +66,7 @@ class Janitor:
                 return
             name = state.cleaning[0]
             try:
-                self._fs.unlink(self._directory / name)
+                self._fs.unlink(self._paths(name))
             except FileNotFoundError:
                 pass
             except OSError as e:

@@ -6,6 +6,7 @@ with the files a previous run left, when to read, when to retry.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import attrs
 
@@ -24,6 +25,31 @@ def request_name(key: str) -> str:
 
 def response_name(key: str) -> str:
     return key + RESPONSE
+
+
+class Paths:
+    """
+    The paths of names in one directory, each built once and kept (up to
+    C{keep} of them): joining a C{Path} and turning it into a string cost more
+    than the system call it is for, several times per broker request.
+    """
+
+    def __init__(self, directory: Path, keep: int = 4096) -> None:
+        self._directory = directory
+        self._keep = keep
+        self._paths: dict[str, Path] = {}
+
+    def __call__(self, name: str) -> Path:
+        """
+        C{directory / name}.
+        """
+        path = self._paths.get(name)
+        if path is None:
+            if len(self._paths) >= self._keep:
+                self._paths.clear()
+            path = self._paths[name] = self._directory / name
+            str(path)  # a Path keeps its string once made
+        return path
 
 
 def temporary_name(name: str, pid: int) -> str:

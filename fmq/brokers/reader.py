@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IReactorTime
 from fmq.brokers.answerfile import ResponseFile, refusal
 from fmq.brokers.fs import FileSystem
 from fmq.brokers.keystate import Sighting
-from fmq.brokers.layout import response_name
+from fmq.brokers.layout import Paths, response_name
 from fmq.errors import MalformedResponse
 
 __all__ = ["Absent", "AnswerReader", "Found", "Refused", "Stale", "Unsettled"]
@@ -93,6 +93,7 @@ class AnswerReader:
         max_bytes: int | None = None,
     ) -> None:
         self._directory = directory
+        self._paths = Paths(directory)
         self._fs = fs
         self._clock = clock
         self._settle_time = settle_time
@@ -110,7 +111,7 @@ class AnswerReader:
         @param complete: an event said the file was closed or renamed into place.
         @raise OSError: it could not be looked at (not C{ENOENT}).
         """
-        path = self._directory / response_name(key)
+        path = self._paths(response_name(key))
         try:
             st = self._fs.lstat(path)
         except FileNotFoundError:
