@@ -26,11 +26,13 @@ class CallerRequest:
     @ivar method: the HTTP method, e.g. C{b"GET"}.
     @ivar target: the raw request target, query string included.
     @ivar headers: the request headers.
+    @ivar body: the request body.
     """
 
     method: bytes
     target: bytes
     headers: Headers = attrs.field(factory=Headers, eq=False)
+    body: bytes = b""
 
 
 CollapseKey = Callable[[CallerRequest], Hashable]

@@ -43,13 +43,37 @@ class DefaultsTests(SynchronousTestCase):
 
     def test_http(self) -> None:
         """
-        The HTTP listener defaults to 127.0.0.1:8080, a 60 s caller timeout and backlog 4096.
+        The HTTP listener defaults to 127.0.0.1:8080, a 60 s caller timeout, backlog
+        4096, request bodies of up to 1 MiB and no access log.
         """
         http = self.settings.http
         self.assertEqual(
-            (http.interface, http.port, http.request_timeout, http.backlog, http.access_log),
-            ("127.0.0.1", 8080, 60.0, 4096, False),
+            (
+                http.interface,
+                http.port,
+                http.request_timeout,
+                http.backlog,
+                http.max_body,
+                http.access_log,
+            ),
+            ("127.0.0.1", 8080, 60.0, 4096, 1024 * 1024, False),
         )
+
+    def test_request_format(self) -> None:
+        """
+        Requests are written in the seed's C{line} format by default; C{http} and
+        C{json} may be chosen, nothing else.
+        """
+        self.assertEqual(self.settings.broker.request_format, "line")
+        for format in ["http", "json"]:
+            chosen = load_settings(DictSource({"broker": {"request_format": format}}))
+            self.assertEqual(chosen.broker.request_format, format)
+        error = self.assertRaises(
+            SettingsError,
+            load_settings,
+            DictSource({"broker": {"request_format": "xml"}}),
+        )
+        self.assertIn("[broker] request_format", str(error))
 
     def test_broker(self) -> None:
         """
