@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from fmq.dispatch import Dispatcher
-from fmq.keys import CollapseKey, method_and_path
+from fmq.keys import CollapseKey, method_and_path, reads_per_credentials
 from fmq.testing import MemoryBroker
 from fmq.web import FmqRequest, Front, QuietSite
 
@@ -25,7 +25,7 @@ class Wire:
     def __init__(
         self,
         max_body: int = 1 << 20,
-        collapse_key: CollapseKey = method_and_path,
+        collapse_key: CollapseKey = reads_per_credentials,
         request_format: str = "line",
     ) -> None:
         self.clock = Clock()
@@ -276,3 +276,14 @@ class AnswerHeadersTests(SynchronousTestCase):
             self.assertTrue(head.startswith(b"HTTP/1.1 " + status), head)
             self.assertNotIn(b"content-length", head.lower())
             self.assertEqual(rest, b"")
+
+    def test_safe_default_keeps_posts_apart(self) -> None:
+        """
+        With the default key, two POSTs to one target make two broker requests;
+        with L{method_and_path} they share one.
+        """
+        for key, count in [(reads_per_credentials, 2), (method_and_path, 1)]:
+            wire = Wire(collapse_key=key)
+            wire.send(post(b"/orders", b"a"))
+            wire.send(post(b"/orders", b"b"))
+            self.assertEqual(len(wire.broker.sent), count)
