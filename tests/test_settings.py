@@ -46,7 +46,7 @@ class DefaultsTests(SynchronousTestCase):
     def test_http(self) -> None:
         """
         The HTTP listener defaults to 127.0.0.1:8080, a 60 s caller timeout, backlog
-        4096, request bodies of up to 1 MiB and no access log.
+        4096, request bodies of up to 1 MiB and the access log on.
         """
         http = self.settings.http
         self.assertEqual(
@@ -58,7 +58,7 @@ class DefaultsTests(SynchronousTestCase):
                 http.max_body,
                 http.access_log,
             ),
-            ("127.0.0.1", 8080, 60.0, 4096, 1024 * 1024, False),
+            ("127.0.0.1", 8080, 60.0, 4096, 1024 * 1024, True),
         )
 
     def test_request_format(self) -> None:
