@@ -4,7 +4,11 @@ Choose the broker named by C{[broker] type}.
 
 from __future__ import annotations
 
+import stat
+from pathlib import Path
 from typing import Any
+
+from twisted.logger import Logger
 
 from fmq._importing import import_dotted
 from fmq.brokers.file import FileBroker
@@ -12,12 +16,35 @@ from fmq.brokers.watch import inotify_available, inotify_watcher
 from fmq.interfaces import IBroker
 from fmq.settings import Settings
 
+log = Logger(namespace="fmq.brokers")
+
+
+def writable_by_everyone(directory: Path) -> bool:
+    """
+    Whether every local user may create files in C{directory} (mode C{o+w}).
+
+    The sticky bit does not help: it stops users from removing or renaming
+    each other's files, not from creating a C{.resp} that is not there yet.
+    A missing directory is not (fmq makes it with the process's umask).
+    """
+    try:
+        mode = directory.stat().st_mode
+    except OSError:
+        return False
+    return bool(mode & stat.S_IWOTH)
+
 
 def file_broker(settings: Settings, reactor: Any) -> IBroker:
     """
     The directory broker of C{[broker]}.
     """
     broker = settings.broker
+    if writable_by_everyone(broker.directory):
+        log.warn(
+            "the broker directory {directory} can be written by every user: any local "
+            "user could plant answers; chmod o-w it",
+            directory=str(broker.directory),
+        )
     watcher = None
     if broker.watch != "poll":
         if inotify_available():
