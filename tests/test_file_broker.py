@@ -582,6 +582,30 @@ class LeftoverTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(answer).body, b"for the adopted")
         self.assertEqual(os.listdir(self.directory), [LOCK_NAME])
 
+    def test_only_the_same_request_joins_an_adopted_one(self) -> None:
+        """
+        A new request joins an adopted one only if it would write the same
+        file: another body (or, in the http format, other headers) waits its
+        turn behind it, so a caller never gets the answer to someone else's
+        request.
+        """
+        request = BrokerRequest.of(b"POST", b"/orders", body=b"mine")
+        left = self.leave(f"{request.key}.req", b"POST /orders\nmine", age=10)
+        inode = left.stat().st_ino
+        broker = self.start()
+        other = broker.submit(BrokerRequest.of(b"POST", b"/orders", body=b"yours"))
+        same = broker.submit(BrokerRequest.of(b"POST", b"/orders", body=b"mine"))
+        self.assertEqual(broker.in_flight(), 2)  # the adopted one, joined, and the other
+        self.assertEqual((left.stat().st_ino, left.read_bytes()), (inode, b"POST /orders\nmine"))
+        self.backend.answer(request, b"200\nfor mine")
+        self.backend.deliver()
+        self.assertEqual(self.successResultOf(same).body, b"for mine")
+        self.assertNoResult(other)
+        self.clock.advance(POLL)
+        self.assertEqual(left.read_bytes(), b"POST /orders\nyours")
+        broker.stopService()
+        self.failureResultOf(other, ShuttingDown)
+
     def test_adopted_ttl_counts_from_file_time(self) -> None:
         """
         An adopted request's TTL counts from its file's mtime; when nobody

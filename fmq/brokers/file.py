@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
@@ -53,8 +54,8 @@ from fmq.logs import debugging
 from fmq.protocol import (
     BrokerRequest,
     BrokerResponse,
-    decode_request,
     encode_request,
+    parse_request,
 )
 
 __all__ = ["FileBroker"]
@@ -209,8 +210,15 @@ class FileBroker(Service):
             return fail(ShuttingDown())
         if not self.available:
             return fail(BrokerUnavailable())
+        state = self._keys.get(request.key)
+        same = (
+            state is not None
+            and state.adopted
+            and state.rid is not None
+            and _same_file(self._requests.request(state.rid), request)
+        )
         rid, deferred = self._requests.wait(request, self._ttl, self._cancelled)
-        self._run(self._keys.submit(request.key, rid))
+        self._run(self._keys.submit(request.key, rid, same_as_adopted=same))
         return deferred
 
     def withdraw(self, request: BrokerRequest) -> None:
@@ -398,14 +406,14 @@ class FileBroker(Service):
         path = self.directory / request_name(key)
         try:
             st = self._fs.stat(path)
-            method, target = decode_request(self._fs.read_bytes(path))
+            found = parse_request(self._fs.read_bytes(path))
         except FileNotFoundError:
             return
         except (OSError, ValueError) as e:
             self.log.warn("cannot adopt {key}.req: {error}", key=key, error=str(e))
             return
         left = ttl_left(self._ttl, st.st_mtime, self._clock.seconds())
-        request = BrokerRequest(key, method, target)
+        request = attrs.evolve(found, key=key)
         rid = self._requests.adopt(request, left)
         self._run(self._keys.adopt(key, rid, st.st_mtime_ns))
         self.log.info(
@@ -414,3 +422,12 @@ class FileBroker(Service):
             request=request.line,
             left=left,
         )
+
+
+def _same_file(adopted: BrokerRequest, request: BrokerRequest) -> bool:
+    """
+    Whether C{request} would write the very file C{adopted} was read from: the
+    same method, target and body, and the same headers where its format
+    carries them. Only then may its caller share the adopted request's answer.
+    """
+    return encode_request(attrs.evolve(request, format=adopted.format)) == encode_request(adopted)
