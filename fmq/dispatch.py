@@ -28,7 +28,7 @@ from fmq.errors import (
     ShuttingDown,
 )
 from fmq.interfaces import IBroker
-from fmq.keys import CallerRequest, CollapseKey
+from fmq.keys import Alone, CallerRequest, CollapseKey
 from fmq.logs import debugging
 from fmq.protocol import BrokerRequest, BrokerResponse, passed_headers
 
@@ -170,7 +170,7 @@ class Dispatcher:
             return self._refuse(ShuttingDown())
         if self._max_waiting and self.callers_waiting >= self._max_waiting:
             return self._refuse(OverCapacity())
-        key: Hashable = object() if self._collapse_key is None else self._collapse_key(caller)
+        key: Hashable = Alone() if self._collapse_key is None else self._collapse_key(caller)
         group = self._groups.get(key)
         if group is not None:
             self.collapsed += 1
@@ -254,7 +254,7 @@ class Dispatcher:
         self.callers_waiting -= 1
         if not group.callers:
             self._stop_timer(group)
-            if self._collapse_key is None:
+            if isinstance(key, Alone):  # nobody else can ever join it
                 self._broker.withdraw(group.request)
 
     def _stop_timer(self, group: _Group) -> None:

@@ -3,8 +3,8 @@ Collapse keys: which callers may share one broker request.
 
 A collapse key function takes a L{CallerRequest} and returns any hashable
 value; callers whose keys are equal while a broker request is in flight share
-it, and a key that equals no other (a new C{object()}) gives the caller a
-broker request of its own. It is named in the configuration by its dotted path
+it, and an L{Alone} key (equal to no other) gives the caller a broker request
+of its own, withdrawn when that caller leaves. It is named in the configuration by its dotted path
 (C{[service] collapse_key}). Do not confuse it with the broker key
 (L{fmq.protocol.broker_key}), which names the request in the broker.
 """
@@ -17,6 +17,17 @@ import attrs
 from twisted.web.http_headers import Headers
 
 from fmq._importing import import_dotted
+
+__all__ = [
+    "READS",
+    "Alone",
+    "CallerRequest",
+    "CollapseKey",
+    "load_collapse_key",
+    "method_and_path",
+    "method_and_path_without_query",
+    "reads_per_credentials",
+]
 
 
 @attrs.frozen
@@ -39,6 +50,19 @@ class CallerRequest:
 CollapseKey = Callable[[CallerRequest], Hashable]
 
 
+class Alone:
+    """
+    The collapse key of a caller who shares with nobody: it equals no other
+    key, so the caller has a broker request of its own, and since nobody can
+    join it, the request is withdrawn as soon as its caller leaves.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<alone>"
+
+
 #: the methods L{reads_per_credentials} collapses: they only read (RFC 9110 9.2.1).
 READS = frozenset([b"GET", b"HEAD"])
 
@@ -51,7 +75,7 @@ def reads_per_credentials(request: CallerRequest) -> Hashable:
     its own: two C{POST}s may differ in their bodies, and each must act.
     """
     if request.method not in READS:
-        return object()
+        return Alone()
     headers = request.headers
     authorization = headers.getRawHeaders(b"authorization")
     cookie = headers.getRawHeaders(b"cookie")

@@ -24,6 +24,31 @@ from fmq.errors import MalformedResponse
 
 _ids = count(1)
 
+__all__ = [
+    "ANSWER_FORMS",
+    "BOM",
+    "NO_BODY",
+    "REQUEST_FORMATS",
+    "BrokerRequest",
+    "BrokerResponse",
+    "Header",
+    "Headers",
+    "broker_key",
+    "decode_http",
+    "decode_json",
+    "decode_line",
+    "decode_request",
+    "encode_http",
+    "encode_json",
+    "encode_line",
+    "encode_request",
+    "encode_response",
+    "parse_request",
+    "parse_response",
+    "passed_headers",
+    "request_format_of",
+]
+
 #: one header: its name and its value, as bytes.
 Header = tuple[bytes, bytes]
 #: headers in order, a name repeated as often as it was sent.
