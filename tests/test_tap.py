@@ -430,9 +430,9 @@ class BuildServiceTests(SynchronousTestCase):
         The callers' site keeps request bodies of up to C{[http] max_body} bytes.
         """
         for values, limit in [({}, 1 << 20), ({"http": {"max_body": "10"}}, 10)]:
-            _, reactor = self.build(**values)
-            site = reactor.tcpServers[-2][1]
-            self.assertEqual(site.requestFactory.max_body, limit)
+            service, _ = self.build(start=False, **values)
+            http = next(c for c in service if isinstance(c, StreamServerEndpointService))
+            self.assertEqual(http.factory.requestFactory.max_body, limit)
 
     def test_naive_mode(self) -> None:
         """
