@@ -4,6 +4,22 @@ The ways a broker request can end without an answer, each with its HTTP status.
 
 import errno
 
+__all__ = [
+    "OVERLOAD_ERRNOS",
+    "BrokerRequestFailed",
+    "MalformedResponse",
+    "BrokerFailed",
+    "NotARegularFile",
+    "AnswerTooLarge",
+    "BrokerUnavailable",
+    "ShuttingDown",
+    "Overloaded",
+    "RequestExpired",
+    "Withdrawn",
+    "CallerTimeout",
+    "OverCapacity",
+]
+
 #: errno values that mean this process is short of descriptors.
 OVERLOAD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 

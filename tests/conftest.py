@@ -2,13 +2,37 @@
 Shared fixtures.
 """
 
+import gc
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
+from twisted.logger import globalLogPublisher
 
 from tests.e2e import FmqProcess, HeldBackend
+
+
+@pytest.fixture(autouse=True)
+def _no_unhandled_errors():
+    """
+    Fail a test that leaves a failed Deferred unhandled. Garbage is
+    collected at its end, so CPython and PyPy (whose GC runs later) report
+    it at the same test, not at whichever test runs when PyPy collects.
+    """
+    unhandled: list[dict] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_format") == "Unhandled error in Deferred:":
+            unhandled.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield
+        gc.collect()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert not unhandled, f"{len(unhandled)} Deferred(s) failed with nobody handling the error"
 
 
 @pytest.fixture(autouse=True)

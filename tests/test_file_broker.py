@@ -86,11 +86,11 @@ class FileBrokerTests(SynchronousTestCase):
 
     def stop(self) -> None:
         """
-        Stop the broker; requests it fails at stop are expected.
+        Stop the broker. A test that leaves a request in flight checks that
+        it fails with L{ShuttingDown}: an unhandled one fails the test.
         """
         if self.broker.running:
             self.broker.stopService()
-            self.flushLoggedErrors(ShuttingDown)
 
     def names(self) -> list[str]:
         return sorted(n for n in os.listdir(self.directory) if n != LOCK_NAME)
@@ -107,9 +107,11 @@ class FileBrokerTests(SynchronousTestCase):
         file stays behind.
         """
         request = BrokerRequest.of(b"GET", b"/items?id=1")
-        self.broker.submit(request)
+        pending = self.broker.submit(request)
         self.assertEqual(self.names(), [f"{request.key}.req"])
         self.assertEqual((self.directory / f"{request.key}.req").read_bytes(), b"GET /items?id=1\n")
+        self.stop()
+        self.failureResultOf(pending, ShuttingDown)
 
     def test_deletes_req_before_resp(self) -> None:
         """
@@ -192,6 +194,8 @@ class FileBrokerTests(SynchronousTestCase):
         for _ in range(10):
             self.clock.advance(POLL)
         self.assertNoResult(second)
+        self.stop()
+        self.failureResultOf(second, ShuttingDown)
 
     def test_delete_retry_backoff(self) -> None:
         """
@@ -407,10 +411,13 @@ class FileBrokerTests(SynchronousTestCase):
         self.clock.advance(CHECK)
         self.assertTrue(self.broker.available)
         self.assertTrue((self.directory / LOCK_NAME).exists())
-        self.assertNoResult(self.broker.submit(BrokerRequest.of(b"GET", b"/c")))
+        last = self.broker.submit(BrokerRequest.of(b"GET", b"/c"))
+        self.assertNoResult(last)
         self.assertEqual(
             len([e for e in self.events if "usable again" in e.get("log_format", "")]), 1
         )
+        self.stop()
+        self.failureResultOf(last, ShuttingDown)
 
     def test_waiting_callers_get_503_within_a_check(self) -> None:
         """

@@ -382,7 +382,7 @@ class StatusPageTests(SynchronousTestCase):
                 "version": __version__,
                 "uptime": 2.5,
                 "mode": "collapse",
-                "broker": {"type": "memory", "available": True, "since": 1000},
+                "broker": {"type": "memory", "available": True, "since": 1000, "blocked": False},
                 "totals": {
                     "requests": 2,
                     "broker_requests": 1,

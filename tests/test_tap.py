@@ -404,7 +404,11 @@ class BuildServiceTests(SynchronousTestCase):
         """
         service, reactor = self.build()
         [http] = [child for child in service if isinstance(child, StreamServerEndpointService)][:1]
-        port = self.successResultOf(http._waitingForPort)
+        # successResultOf would take the port from the Deferred, and the
+        # service could not stop listening (a socket left open).
+        ports: list[Any] = []
+        http._waitingForPort.addCallback(lambda port: ports.append(port) or port)
+        [port] = ports
         self.assertIsInstance(port, GatedPort)
         self.assertIn(port, reactor.readers)
         self.assertEqual([server[0] for server in reactor.tcpServers], [8081])

@@ -69,9 +69,13 @@ class FileBroker(Service):
 
     @ivar available: C{False} while the directory is missing, not writable,
         full, or locked by another process.
+    @ivar dropped_replies: late answers (no request waits for them) deleted
+        unread.
     """
 
     log = Logger()
+    #: a directory never asks fmq to stop writing
+    blocked = False
 
     def __init__(
         self,
@@ -116,6 +120,7 @@ class FileBroker(Service):
         self._scan_loop: LoopingCall | None = None
         self._check_loop: LoopingCall | None = None
         self._taken = False  # directory created, locked and swept
+        self.dropped_replies = 0
 
     @property
     def available(self) -> bool:
@@ -327,6 +332,7 @@ class FileBroker(Service):
             if isinstance(action, Read):
                 self._look(key, action.rid, complete)
             else:
+                self.dropped_replies += 1
                 self.log.info(
                     "deleting {key}.resp: no request waits for it (a late answer)", key=key
                 )
