@@ -10,11 +10,22 @@ import os
 import subprocess
 import sys
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
-from fmq.tools.loadtest import Outcome, check, dechunk, percentile
+from fmq.tools.loadtest import (
+    Call,
+    Outcome,
+    Shape,
+    body_of,
+    check,
+    dechunk,
+    parse,
+    percentile,
+    round_calls,
+)
 from tests.e2e import ROOT
 
 
@@ -22,10 +33,104 @@ def test_check() -> None:
     """
     An answer is right only with status 200 and the caller's own path.
     """
-    assert check("/k1?r=0", Outcome(200, b"GET /k1?r=0 #1\n", 0.1)) == ""
-    assert check("/k1?r=0", Outcome(200, b"GET /k10?r=0 #1\n", 0.1)) == "another key's answer"
-    assert check("/k1?r=0", Outcome(504, b"", 0.1)) == "status 504"
-    assert check("/k1?r=0", Outcome(0, b"", 0.1, "TimeoutError")) == "TimeoutError"
+    get = Call("GET", "/k1?r=0")
+    assert check(get, Outcome(200, b"GET /k1?r=0 #1\n", 0.1)) == ""
+    assert check(get, Outcome(200, b"GET /k10?r=0 #1\n", 0.1)) == "another key's answer"
+    assert check(get, Outcome(504, b"", 0.1)) == "status 504"
+    assert check(get, Outcome(0, b"", 0.1, "TimeoutError")) == "TimeoutError"
+
+
+def test_check_body() -> None:
+    """
+    An answer to a request with a body is right only if it begins with the
+    request's method and target and ends with that very body.
+    """
+    post = Call("POST", "/k1?r=0", body=b"#7 xxxx")
+    assert check(post, Outcome(200, b"POST /k1?r=0 #3\n#7 xxxx", 0.1)) == ""
+    assert check(post, Outcome(200, b"POST /k1?r=0 #3\n#8 xxxx", 0.1)) == "not its own body"
+    assert check(post, Outcome(200, b"POST /k1?r=0 #3\n", 0.1)) == "not its own body"
+    assert check(post, Outcome(200, b"GET /k1?r=0 #3\n#7 xxxx", 0.1)) == "another key's answer"
+
+
+def test_get_request_unchanged() -> None:
+    """
+    A plain GET is sent as it always was: no Content-Length, no other header.
+    """
+    assert Call("GET", "/k1?r=0").encode("127.0.0.1") == (
+        b"GET /k1?r=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+
+
+def test_post_request() -> None:
+    """
+    A caller's request carries its headers, filled in with its own number and
+    its key's, and its own body with a Content-Length.
+    """
+    shape = Shape("POST", (("Authorization", "Bearer {n}"), ("X-Key", "k{key}")), 12)
+    assert shape.call("/k2?r=1", 2, 17).encode("h") == (
+        b"POST /k2?r=1 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n"
+        b"Authorization: Bearer 17\r\nX-Key: k2\r\nContent-Length: 12\r\n\r\n#17 xxxxxxxx"
+    )
+    assert Call("DELETE", "/k").encode("h").endswith(b"Content-Length: 0\r\n\r\n")
+
+
+def test_bodies() -> None:
+    """
+    Each caller's body has the size asked for and is its own.
+    """
+    bodies = [body_of(n, 16) for n in range(10000)]
+    assert {len(b) for b in bodies} == {16}
+    assert len(set(bodies)) == 10000
+    assert body_of(3, 0) == b""
+
+
+def test_round_calls() -> None:
+    """
+    The callers of one key and round send identical requests unless a
+    header names the caller; every caller of the run has its own number.
+    """
+    plain = round_calls(Shape(), keys=2, batch=3, r=1)
+    assert [c.target for c in plain] == ["/k0?r=1"] * 3 + ["/k1?r=1"] * 3
+    assert len(set(plain)) == 2
+    by_key = round_calls(Shape(headers=(("A", "{key}"),)), keys=2, batch=3, r=1)
+    assert len(set(by_key)) == 2
+    numbers = [
+        c.headers[0][1]
+        for r in range(3)
+        for c in round_calls(Shape(headers=(("A", "{n}"),)), keys=2, batch=3, r=r)
+    ]
+    assert len(set(numbers)) == len(numbers) == 18
+
+
+def test_command_line() -> None:
+    """
+    C{--method}, C{--body-bytes} and C{--header} make the callers' shape;
+    by default it is a plain GET.
+    """
+    assert parse([]).shape == Shape()
+    args = parse(
+        ["--method", "POST", "--body-bytes", "512", "--header", "Authorization: Bearer {n}"]
+    )
+    assert args.shape == Shape("POST", (("Authorization", "Bearer {n}"),), 512)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--header", "no colon"],
+        ["--header", "Bad Name: x"],
+        ["--header", "A: {caller}"],
+        ["--method", "BREW"],
+        ["--body-bytes", "-1"],
+    ],
+)
+def test_command_line_refused(argv) -> None:
+    """
+    A header that is not C{Name: value}, names a field other than C{{n}}
+    and C{{key}}, an unknown method or a negative size is refused.
+    """
+    with pytest.raises(SystemExit):
+        parse(argv)
 
 
 def test_dechunk() -> None:
