@@ -1,6 +1,7 @@
 """
-The shipped tools against a real fmq: C{fmq-loadtest} (and the stand-in
-backend it relies on).
+The shipped tools: C{fmq-loadtest}'s pure parts, and both tools against a
+real fmq, the stand-in backend (C{fmq-backend}) running as its own process in
+every request format and answer form.
 """
 
 from __future__ import annotations
@@ -9,12 +10,19 @@ import json
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import pytest_twisted
+import treq
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.utils import getProcessOutputAndValue
 
+from fmq.protocol import ANSWER_FORMS, REQUEST_FORMATS
 from fmq.tools.loadtest import (
     Call,
     Outcome,
@@ -26,7 +34,12 @@ from fmq.tools.loadtest import (
     percentile,
     round_calls,
 )
+from tests.contract import AMQP_URL, connect
 from tests.e2e import ROOT
+from tests.test_broker_contract import skip_without_rabbitmq
+
+#: the environment of the tools' processes: this tree's code first.
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 def test_check() -> None:
@@ -150,6 +163,152 @@ def test_percentile() -> None:
     assert percentile([], 99) == 0.0
 
 
+@contextmanager
+def backend_process(log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """
+    Run C{python -m fmq.tools.backend ARGS}, its output in C{log}; stop it
+    (SIGTERM) at the end and check it logged no traceback.
+    """
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fmq.tools.backend", *args],
+            env=ENV,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert "Traceback" not in log.read_text(errors="replace"), log.read_text(errors="replace")
+
+
+#: a POST body, not UTF-8 at the end, so the C{json} format must carry it in base64.
+ORDER = b'{"item": 42, "note": "caf\xc3\xa9"}\xff'
+#: what the backend answers: the request line, one request header, the body.
+TEMPLATE = "{method} {path} token={header[x-token]}\n{body}"
+
+
+async def post_and_get(fmq) -> tuple[list[tuple[int, bytes]], list[list[bytes] | None]]:
+    """
+    A POST with a body and an C{X-Token} header, and a GET, at once: their
+    statuses and bodies, and the Content-Type headers of their answers.
+    """
+    requests = [
+        treq.post(
+            fmq.url("/orders?x=1"),
+            data=ORDER,
+            headers={"X-Token": ["t-7"], "Content-Type": ["application/json"]},
+            pool=fmq.pool,
+        ),
+        fmq.get("/items"),
+    ]
+    responses = [await r for r in requests]
+    bodies = [await r.content() for r in responses]
+    return (
+        [(r.code, body) for r, body in zip(responses, bodies)],
+        [r.headers.getRawHeaders(b"content-type") for r in responses],
+    )
+
+
+@pytest.mark.parametrize("form", ANSWER_FORMS)
+@pytest.mark.parametrize("request_format", REQUEST_FORMATS)
+@pytest_twisted.ensureDeferred
+async def test_backend_formats_and_forms(make_fmq, tmp_path, request_format, form) -> None:
+    """
+    Through a real fmq set to each request format, the stand-in backend
+    process reads the caller's body byte for byte (and, in C{http} and
+    C{json}, its headers), and its answer in each form reaches the caller
+    with its status and body, and in C{http} form with its Content-Type.
+    """
+    fmq = await make_fmq(broker={"request_format": request_format})
+    with backend_process(
+        tmp_path / "backend.log",
+        "--dir",
+        str(fmq.directory),
+        "--request-format",
+        request_format,
+        "--answer-form",
+        form,
+        "--status",
+        "201",
+        "--content-type",
+        "application/x-fmq-test",
+        "--body",
+        TEMPLATE,
+    ):
+        answers, content_types = await post_and_get(fmq)
+    token = b"" if request_format == "line" else b"t-7"
+    assert answers == [
+        (201, b"POST /orders?x=1 token=%s\n%s" % (token, ORDER)),
+        (201, b"GET /items token=\n"),
+    ]
+    for content_type in content_types:
+        if form == "http":
+            assert content_type == [b"application/x-fmq-test"]
+        else:
+            assert content_type != [b"application/x-fmq-test"]
+
+
+@pytest.fixture
+def amqp_queue() -> Iterator[str]:
+    """
+    A request queue of this test's own on RabbitMQ, deleted afterwards.
+    """
+    skip_without_rabbitmq()
+    name = f"fmq.test.{uuid.uuid4().hex[:12]}"
+    yield name
+
+    async def delete() -> None:
+        connection = await connect(AMQP_URL)
+        channel = await connection.channel()
+        await channel.queue_delete(queue=name)
+        closed = connection.closed
+        connection.close()
+        await closed
+
+    pytest_twisted.blockon(Deferred.fromCoroutine(delete()))
+
+
+@pytest_twisted.ensureDeferred
+async def test_backend_formats_and_forms_over_amqp(make_fmq, tmp_path, amqp_queue) -> None:
+    """
+    The same over RabbitMQ: the stand-in backend process on the request
+    queue reads C{json} and C{http} requests, body and headers, and its
+    C{http}-form answer reaches the caller with its Content-Type.
+    """
+    for request_format in ("json", "http"):
+        fmq = await make_fmq(
+            broker={"type": "amqp", "request_format": request_format},
+            amqp={"request_queue": amqp_queue, "url": AMQP_URL},
+        )
+        try:
+            with backend_process(
+                tmp_path / "backend.log",
+                "--broker",
+                "amqp",
+                "--url",
+                AMQP_URL,
+                "--queue",
+                amqp_queue,
+                "--answer-form",
+                "http",
+                "--content-type",
+                "application/x-fmq-test",
+                "--body",
+                TEMPLATE,
+            ):
+                answers, content_types = await post_and_get(fmq)
+        finally:
+            await fmq.stop()
+        assert answers == [
+            (200, b"POST /orders?x=1 token=t-7\n" + ORDER),
+            (200, b"GET /items token=\n"),
+        ], request_format
+        assert content_types == [[b"application/x-fmq-test"]] * 2
+
+
 @pytest_twisted.ensureDeferred
 async def test_loadtest_against_fmq(make_fmq, tmp_path) -> None:
     """
@@ -158,26 +317,10 @@ async def test_loadtest_against_fmq(make_fmq, tmp_path) -> None:
     requests, samples the service, and exits 0.
     """
     fmq = await make_fmq()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    backend = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fmq.tools.backend",
-            "--dir",
-            str(fmq.directory),
-            "--delay",
-            "0.01-0.05",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        out, err, code = await run_loadtest(fmq, tmp_path, env)
-    finally:
-        backend.terminate()
-        backend.wait(timeout=30)
+    with backend_process(
+        tmp_path / "backend.log", "--dir", str(fmq.directory), "--delay", "0.01-0.05"
+    ):
+        out, err, code = await run_loadtest(fmq, tmp_path)
     assert code == 0, out.decode() + err.decode()
     steps = json.loads((tmp_path / "report.json").read_text())["steps"]
     assert [s["requests"] for s in steps] == [30, 30]
@@ -188,7 +331,35 @@ async def test_loadtest_against_fmq(make_fmq, tmp_path) -> None:
     assert b"req_per_s" in out
 
 
-async def run_loadtest(fmq, tmp_path, env):
+@pytest_twisted.ensureDeferred
+async def test_loadtest_posts_against_fmq(make_fmq, tmp_path) -> None:
+    """
+    A smoke run with POST bodies and a header: every caller gets the answer
+    to its own body (the backend echoes it), and, POSTs never collapsing,
+    every caller makes its own broker request.
+    """
+    fmq = await make_fmq()
+    with backend_process(
+        tmp_path / "backend.log", "--dir", str(fmq.directory), "--delay", "0.01-0.05"
+    ):
+        out, err, code = await run_loadtest(
+            fmq,
+            tmp_path,
+            "--method",
+            "POST",
+            "--body-bytes",
+            "512",
+            "--header",
+            "Authorization: Bearer {n}",
+        )
+    assert code == 0, out.decode() + err.decode()
+    steps = json.loads((tmp_path / "report.json").read_text())["steps"]
+    assert [s["requests"] for s in steps] == [30, 30]
+    assert [s["errors"] for s in steps] == [0, 0]
+    assert [s["broker_requests"] for s in steps] == [30, 30]
+
+
+async def run_loadtest(fmq, tmp_path, *extra: str):
     """
     Run C{fmq-loadtest} against C{fmq}: 3 keys x 5 callers x 4 rounds, in two steps.
     """
@@ -205,8 +376,10 @@ async def run_loadtest(fmq, tmp_path, env):
     }
     return await getProcessOutputAndValue(
         sys.executable,
-        ["-m", "fmq.tools.loadtest"] + [str(x) for pair in arguments.items() for x in pair],
-        env=env,
+        ["-m", "fmq.tools.loadtest"]
+        + [str(x) for pair in arguments.items() for x in pair]
+        + list(extra),
+        env=ENV,
         path=str(tmp_path),
         reactor=reactor,
     )
