@@ -130,3 +130,14 @@ class OverCapacity(BrokerRequestFailed):
     status = 503
     reason = "too many callers waiting"
     kind = "over_capacity"
+
+
+class BodyTooLarge(BrokerRequestFailed):
+    """
+    The caller's request body is larger than C{[http] max_body}; it never
+    reaches the broker.
+    """
+
+    status = 413
+    reason = "request body too large"
+    kind = "body_too_large"

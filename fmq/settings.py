@@ -35,6 +35,7 @@ class HttpSettings:
     request_timeout: float
     backlog: int
     max_waiting: int
+    max_body: int
     access_log: bool
     drain_timeout: float
 
@@ -47,6 +48,7 @@ class BrokerSettings:
 
     type: str
     directory: Path
+    request_format: str
     watch: str
     poll_interval: float
     request_ttl: float

@@ -25,7 +25,7 @@ from fmq.metrics import Metrics
 from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm
 from fmq.settings import IniFile, Settings, SettingsError, load_settings
 from fmq.warmup import warm_up
-from fmq.web import AccessLogSite, Front, QuietSite
+from fmq.web import AccessLogSite, FmqRequest, Front, QuietSite
 
 log = Logger(namespace="fmq")
 
@@ -105,6 +105,7 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
         collapse_key,
         max_waiting=settings.http.max_waiting,
         observer=metrics,
+        request_format=settings.broker.request_format,
     )
     metrics.watch(dispatcher, broker)
 
@@ -114,6 +115,7 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
         if settings.http.access_log
         else QuietSite(resource, reactor=reactor)
     )
+    site.requestFactory = FmqRequest.limited(settings.http.max_body)
     connections = Connections()
     connections.track(site)
     Drain(dispatcher, connections, reactor, settings.http.drain_timeout).setServiceParent(root)

@@ -386,6 +386,15 @@ class BuildServiceTests(SynchronousTestCase):
         service.stopService()
         self.assertEqual([child.running for child in service], [False] * len(list(service)))
 
+    def test_max_body(self) -> None:
+        """
+        The callers' site keeps request bodies of up to C{[http] max_body} bytes.
+        """
+        for values, limit in [({}, 1 << 20), ({"http": {"max_body": "10"}}, 10)]:
+            _, reactor = self.build(**values)
+            site = reactor.tcpServers[-2][1]
+            self.assertEqual(site.requestFactory.max_body, limit)
+
     def test_naive_mode(self) -> None:
         """
         Naive mode builds the same two listeners.
