@@ -35,7 +35,7 @@ from fmq.tools.loadtest import (
     round_calls,
 )
 from tests.contract import AMQP_URL, connect
-from tests.e2e import ROOT
+from tests.e2e import ROOT, eventually
 from tests.test_broker_contract import skip_without_rabbitmq
 
 #: the environment of the tools' processes: this tree's code first.
@@ -284,6 +284,7 @@ async def test_backend_formats_and_forms_over_amqp(make_fmq, tmp_path, amqp_queu
             amqp={"request_queue": amqp_queue, "url": AMQP_URL},
         )
         try:
+            await eventually(fmq.health_status, "fmq to connect to RabbitMQ")
             with backend_process(
                 tmp_path / "backend.log",
                 "--broker",
