@@ -135,12 +135,14 @@ def test_command_line() -> None:
         ["--header", "A: {caller}"],
         ["--method", "BREW"],
         ["--body-bytes", "-1"],
+        ["--body-bytes", "16"],
     ],
 )
 def test_command_line_refused(argv) -> None:
     """
     A header that is not C{Name: value}, names a field other than C{{n}}
-    and C{{key}}, an unknown method or a negative size is refused.
+    and C{{key}}, an unknown method, a negative size, or a body on a GET
+    (fmq collapses GETs whatever their bodies) is refused.
     """
     with pytest.raises(SystemExit):
         parse(argv)
