@@ -13,6 +13,18 @@ from twisted.logger import globalLogPublisher
 from tests.e2e import FmqProcess, HeldBackend
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """
+    Tests that start processes (C{twistd fmq}, backends, a browser) are
+    marked C{process} and run after the fast ones, so a broken unit shows
+    first; C{-m "not process"} runs the fast set alone.
+    """
+    for item in items:
+        if "make_fmq" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.process)
+    items.sort(key=lambda item: item.get_closest_marker("process") is not None)
+
+
 @pytest.fixture(autouse=True)
 def _no_unhandled_errors():
     """

@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
@@ -471,6 +472,7 @@ class StatusPageTests(SynchronousTestCase):
         )
 
 
+@pytest.mark.process
 class PackagingTests(SynchronousTestCase):
     """
     The status page works from a plain, non-editable install.

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.testing import MemoryReactorClock
@@ -467,6 +468,7 @@ print(json.dumps([result, resource.getrlimit(resource.RLIMIT_NOFILE)]))
 """
 
 
+@pytest.mark.process
 class OpenFilesLimitTests(SynchronousTestCase):
     """
     Tests for L{raise_open_files_limit}, run in a child process with a lowered soft limit.
@@ -510,6 +512,7 @@ class OpenFilesLimitTests(SynchronousTestCase):
         self.assertEqual(self.run_child(hard), ([hard, hard], [hard, hard]))
 
 
+@pytest.mark.process
 class InstalledPluginTests(SynchronousTestCase):
     """
     The installed project, as twistd sees it.
