@@ -27,7 +27,7 @@ from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm
 from fmq.settings import IniFile, Settings, SettingsError, load_settings
 from fmq.status import Events, Sampler, Status
 from fmq.warmup import warm_up
-from fmq.web import AccessLogSite, Front, QuietSite
+from fmq.web import AccessLogSite, FmqRequest, Front, QuietSite
 
 log = Logger(namespace="fmq")
 
@@ -110,12 +110,14 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
         collapse_key,
         max_waiting=settings.http.max_waiting,
         observer=metrics,
+        request_format=settings.broker.request_format,
     )
     metrics.watch(dispatcher, broker)
 
     resource = Front(dispatcher).app.resource()
     access_log = AccessLogSite(resource, reactor) if settings.http.access_log else None
     site = access_log if access_log is not None else QuietSite(resource, reactor=reactor)
+    site.requestFactory = FmqRequest.limited(settings.http.max_body)
     connections = Connections()
     connections.track(site)
     Drain(

@@ -44,7 +44,7 @@ from typing import Any
 import attrs
 import psutil
 
-from fmq.tools.loadtest import Sampler, raise_own_limit, step
+from fmq.tools.loadtest import Call, Sampler, Shape, raise_own_limit, step
 
 WRK_SCRIPT = """
 counter = 0
@@ -450,7 +450,13 @@ def burst_args(port: int, admin: int, keys: int, batch: int) -> argparse.Namespa
     The arguments L{fmq.tools.loadtest.step} wants, for a burst of C{keys} x C{batch}.
     """
     return argparse.Namespace(
-        host="127.0.0.1", port=port, admin_port=admin, keys=keys, batch=batch, timeout=120.0
+        host="127.0.0.1",
+        port=port,
+        admin_port=admin,
+        keys=keys,
+        batch=batch,
+        timeout=120.0,
+        shape=Shape(),
     )
 
 
@@ -526,7 +532,7 @@ async def _added_latency(port: int, directory: Path, count: int, jitter: float) 
     for n in range(count):
         target = f"/latency{n}"
         request = directory / f"{broker_key(b'GET', target.encode())}.req"
-        caller = asyncio.ensure_future(call("127.0.0.1", port, target, 30.0))
+        caller = asyncio.ensure_future(call("127.0.0.1", port, Call("GET", target), 30.0))
         while not request.exists():
             await asyncio.sleep(0.0005)
         if jitter:  # a backend's answer comes at any moment, not in step with fmq's scans
