@@ -680,7 +680,7 @@ def waiting_cost(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 hold(
                     argparse.Namespace(
                         host="127.0.0.1", port=port, admin_port=admin, hold=10_000, keys=100,
-                        timeout=120.0,
+                        timeout=120.0, shape=Shape(),
                     ),
                     Sampler(pid),
                 )
