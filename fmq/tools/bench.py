@@ -1,12 +1,17 @@
 """
 C{scripts/bench}: start fmq, the stand-in backend and a bare Klein app on
 temporary directories, measure them side by side, and print the tables that
-C{docs/BENCHMARKS.md} records.
+C{docs/BENCHMARKS.md} records. With C{--interpreters cpython,pypy3} (or
+C{--python pypy3}) fmq and the bare Klein app run on each interpreter, from its
+own virtualenv; the stand-in backend and the load always run on this one.
 
 1. Throughput against the ceiling: C{wrk} with 500 connections on 10 hot keys,
    against fmq (collapse mode, backend answering in about 5 ms), a bare Klein
    app (L{fmq.tools.ceiling}), and the same app holding its answers 30 ms; medians
-   of alternating runs, the ratios, and each one's CPU per request.
+   of alternating runs, the ratios, and each one's CPU per request; each one
+   warmed up first (C{--warmup} seconds), and how long it took to come within
+   10% of its plateau; fmq's RSS idle and under load; fmq on each interpreter
+   against fmq on the first.
 2. Naive against collapse on the same burst (20 keys x 50 identical callers).
 3. A burst of 20,000 (50 keys x 100 x 4 rounds, 2,000 at a time), five times
    in a row: every answer checked, broker requests per batch, threads, RSS
@@ -18,7 +23,9 @@ C{docs/BENCHMARKS.md} records.
 6. Over RabbitMQ: throughput with one fmq instance and with two sharing one
    request queue.
 7. What waiting costs: fmq's CPU share with 1,000 and 10,000 distinct
-   requests waiting and no backend answering, with inotify and polling.
+   requests waiting and no backend answering, with inotify and polling; and
+   its RSS per waiting caller with 10,000 waiting on 100 keys (C{fmq-loadtest
+   --hold}).
 """
 
 from __future__ import annotations
@@ -55,8 +62,10 @@ end
 """
 
 
-#: the folder holding the C{fmq} package the processes started import
-SOURCE = Path(__file__).resolve().parent.parent.parent
+#: the project's folder: the processes started import its C{fmq} package,
+#: and its virtualenvs are there (C{scripts/bench} names it, as this file
+#: may be an installed copy)
+SOURCE = Path(os.environ.get("FMQ_ROOT") or Path(__file__).resolve().parent.parent.parent)
 
 #: PyPy's young generation when the environment sets none, as C{scripts/run}
 PYPY_GC_NURSERY = "16MB"
