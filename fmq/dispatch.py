@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Hashable
 from itertools import islice
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred, fail
@@ -31,6 +31,9 @@ from fmq.interfaces import IBroker
 from fmq.keys import CallerRequest, CollapseKey
 from fmq.logs import debugging
 from fmq.protocol import BrokerRequest, BrokerResponse
+
+if TYPE_CHECKING:
+    from fmq.fleet import Fleet
 
 
 class Observer(Protocol):
@@ -110,6 +113,7 @@ class Dispatcher:
         collapse_key: CollapseKey | None,
         max_waiting: int = 0,
         observer: Observer | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         """
         @param collapse_key: which callers share a broker request; C{None}
@@ -117,6 +121,8 @@ class Dispatcher:
             request is withdrawn when its caller leaves.
         @param max_waiting: callers beyond this many waiting at once get
             L{OverCapacity} at once; 0 for no limit.
+        @param fleet: where a new group's broker request is shared with the
+            other instances of a fleet; C{None} (the default) for none.
         """
         self._broker = broker
         self._clock = clock
@@ -124,6 +130,7 @@ class Dispatcher:
         self._collapse_key = collapse_key
         self._max_waiting = max_waiting
         self._observer: Observer = observer if observer is not None else _Unobserved()
+        self._fleet = fleet
         self._groups: dict[Hashable, _Group] = {}
         self._closed = False
         self.requests = 0
@@ -175,9 +182,17 @@ class Dispatcher:
         self._groups[key] = group
         joined = self._join(key, group)
         # The caller is in the group before the broker can answer, even at once.
-        self.broker_requests += 1
-        self._submit(group.request).addBoth(self._finish, key, group)
+        if self._fleet is None:
+            self.broker_requests += 1
+            submitted = self._submit(group.request)
+        else:
+            submitted = self._fleet.run(key, group.request, self._submit_counted)
+        submitted.addBoth(self._finish, key, group)
         return joined
+
+    def _submit_counted(self, request: BrokerRequest) -> Deferred[BrokerResponse]:
+        self.broker_requests += 1
+        return self._submit(request)
 
     def _submit(self, request: BrokerRequest) -> Deferred[BrokerResponse]:
         """

@@ -79,3 +79,63 @@ class ISettingsSource(Interface):
         @return: the folder that relative paths are relative to.
         @rtype: L{pathlib.Path}
         """
+
+
+class IRegistry(IService):
+    """
+    Where fmq instances meet to collapse across a fleet (C{[fleet] registry}):
+    short leases on names and answer channels, as Redis offers them.
+
+    Every method but L{unsubscribe} and L{watch} returns a Deferred that fails
+    while the registry cannot be reached.
+    """
+
+    available = Attribute("C{True} while the registry can be reached.")
+
+    def watch(callback):
+        """
+        Call C{callback(available)} at every change of L{available}.
+        """
+
+    def claim(name, token, milliseconds):
+        """
+        Take the lease C{name} for C{token} if nobody holds it (C{SET NX PX}).
+
+        @return: a Deferred that fires with C{True} if the lease is now
+            C{token}'s, C{False} if another holds it.
+        """
+
+    def renew(name, token, milliseconds):
+        """
+        Extend the lease C{name} to C{milliseconds} from now, if C{token}
+        still holds it.
+
+        @return: a Deferred that fires with C{True} if it did.
+        """
+
+    def release(name, token):
+        """
+        Give up the lease C{name} if C{token} still holds it.
+
+        @return: a Deferred that fires with C{True} if it did.
+        """
+
+    def publish(channel, message):
+        """
+        Send C{message} (bytes) to whoever is subscribed to C{channel} now.
+
+        @return: a Deferred that fires once the registry has taken it.
+        """
+
+    def subscribe(channel, receiver):
+        """
+        Call C{receiver(message)} for every message published on C{channel}
+        from when the returned Deferred fires until L{unsubscribe}.
+
+        @return: a Deferred that fires once the subscription is in place.
+        """
+
+    def unsubscribe(channel, receiver):
+        """
+        Stop calling C{receiver} for C{channel}; unknown ones are ignored.
+        """
