@@ -190,7 +190,8 @@ async def test_status_page_in_chromium(make_fmq, tmp_path: Path) -> None:
     try:
         out, err, code = await getProcessOutputAndValue(
             sys.executable,
-            ["-m", "fmq.tools.loadtest", "--port", str(fmq.port), "--admin-port", str(fmq.admin_port),
+            ["-m", "fmq.tools.loadtest", "--port", str(fmq.port),
+             "--admin-port", str(fmq.admin_port),
              "--keys", "10", "--batch", "20", "--steps", "50,200", "--rounds", "4",
              "--timeout", str(PATIENCE), "--report", str(tmp_path / "load.json"),
              "--chart", str(tmp_path / "load.png")],
