@@ -387,3 +387,72 @@ class FleetTests(SynchronousTestCase):
         a.broker.respond(a.broker.outstanding()[0], b"200\nslow")
         self.assertEqual(self.successResultOf(late).body, b"slow")
         self.assertEqual(self.sent(), 1)
+
+
+class SettingsTests(SynchronousTestCase):
+    """
+    C{[fleet]}: off by default, a Redis URL when on.
+    """
+
+    def settings(self, **fleet: object):
+        from fmq.settings import DictSource, load_settings
+
+        values = {"broker": {"type": "amqp"}, "fleet": fleet} if fleet else {}
+        return load_settings(DictSource(values))
+
+    def test_off_by_default(self) -> None:
+        """
+        With no registry there is no fleet: nothing connects anywhere.
+        """
+        from fmq.registry import make_fleet
+
+        settings = self.settings()
+        self.assertEqual((settings.fleet.registry, settings.fleet.lease), ("", 5.0))
+        self.assertIsNone(make_fleet(settings, Clock()))
+
+    def test_bad_url(self) -> None:
+        """
+        A registry that is not a C{redis://} URL stops the start with one line
+        naming the key, and never shows its password.
+        """
+        from fmq.registry import make_fleet
+
+        settings = self.settings(registry="http://user:secret@host/")
+        error = self.assertRaises(ValueError, make_fleet, settings, Clock())
+        self.assertIn("[fleet] registry", str(error))
+        self.assertNotIn("secret", str(error))
+
+    def test_address(self) -> None:
+        """
+        Host, port, database and password come from the URL.
+        """
+        from fmq.registry import RedisAddress
+
+        self.assertEqual(
+            RedisAddress.parse("redis://:p%40ss@example:6390/3"),
+            RedisAddress("example", 6390, 3, "p@ss"),
+        )
+        self.assertEqual(
+            RedisAddress.parse("redis://127.0.0.1"), RedisAddress("127.0.0.1", 6379, 0, None)
+        )
+
+    def test_namespace_from_settings(self) -> None:
+        """
+        The request queue and the collapse key are part of the namespace.
+        """
+        from fmq.registry import fleet_identity
+        from fmq.settings import DictSource, load_settings
+
+        def space(**sections: dict[str, object]) -> str:
+            return namespace(fleet_identity(load_settings(DictSource(sections))))
+
+        base = space(broker={"type": "amqp"})
+        self.assertEqual(base, space(broker={"type": "amqp"}, http={"port": 9000}))
+        self.assertNotEqual(base, space(broker={"type": "amqp"}, amqp={"request_queue": "x"}))
+        self.assertNotEqual(
+            base,
+            space(
+                broker={"type": "amqp"},
+                service={"collapse_key": "fmq.keys.method_and_path_without_query"},
+            ),
+        )
