@@ -70,11 +70,9 @@ class Admin:
         broker: dict[str, object] = {
             "type": self._broker_type,
             "available": available,
+            "blocked": bool(self._broker.blocked),
             "in_flight": self._broker.in_flight(),
         }
-        blocked = getattr(self._broker, "blocked", None)  # AMQP: RabbitMQ blocks publishers
-        if blocked is not None:
-            broker["blocked"] = bool(blocked)
         return {
             "status": "ok" if available else "unavailable",
             "broker": broker,

@@ -28,9 +28,9 @@ from fmq.errors import (
     ShuttingDown,
 )
 from fmq.interfaces import IBroker
-from fmq.keys import CallerRequest, CollapseKey
+from fmq.keys import Alone, CallerRequest, CollapseKey
 from fmq.logs import debugging
-from fmq.protocol import BrokerRequest, BrokerResponse
+from fmq.protocol import BrokerRequest, BrokerResponse, passed_headers
 
 if TYPE_CHECKING:
     from fmq.fleet import Fleet
@@ -113,6 +113,7 @@ class Dispatcher:
         collapse_key: CollapseKey | None,
         max_waiting: int = 0,
         observer: Observer | None = None,
+        request_format: str = "line",
         fleet: Fleet | None = None,
     ) -> None:
         """
@@ -121,6 +122,8 @@ class Dispatcher:
             request is withdrawn when its caller leaves.
         @param max_waiting: callers beyond this many waiting at once get
             L{OverCapacity} at once; 0 for no limit.
+        @param request_format: how broker requests are written, one of
+            L{fmq.protocol.REQUEST_FORMATS}.
         @param fleet: where a new group's broker request is shared with the
             other instances of a fleet; C{None} (the default) for none.
         """
@@ -129,6 +132,7 @@ class Dispatcher:
         self._timeout = request_timeout
         self._collapse_key = collapse_key
         self._max_waiting = max_waiting
+        self._format = request_format
         self._observer: Observer = observer if observer is not None else _Unobserved()
         self._fleet = fleet
         self._groups: dict[Hashable, _Group] = {}
@@ -173,12 +177,12 @@ class Dispatcher:
             return self._refuse(ShuttingDown())
         if self._max_waiting and self.callers_waiting >= self._max_waiting:
             return self._refuse(OverCapacity())
-        key: Hashable = object() if self._collapse_key is None else self._collapse_key(caller)
+        key: Hashable = Alone() if self._collapse_key is None else self._collapse_key(caller)
         group = self._groups.get(key)
         if group is not None:
             self.collapsed += 1
             return self._join(key, group)
-        group = _Group(BrokerRequest.of(caller.method, caller.target), self._clock.seconds())
+        group = _Group(self._broker_request(caller), self._clock.seconds())
         self._groups[key] = group
         joined = self._join(key, group)
         # The caller is in the group before the broker can answer, even at once.
@@ -193,6 +197,25 @@ class Dispatcher:
     def _submit_counted(self, request: BrokerRequest) -> Deferred[BrokerResponse]:
         self.broker_requests += 1
         return self._submit(request)
+
+    def refuse(self, error: BrokerRequestFailed) -> Deferred[BrokerResponse]:
+        """
+        Answer a caller with C{error} without a broker request (the front
+        found its request unfit, e.g. a body over C{max_body}); it is
+        counted like any caller and any error.
+        """
+        self.requests += 1
+        return self._refuse(error)
+
+    def _broker_request(self, caller: CallerRequest) -> BrokerRequest:
+        """
+        The broker request for C{caller}: its method, target, the headers
+        that pass on and its body, in this dispatcher's request format.
+        """
+        headers = passed_headers(
+            (name, value) for name, values in caller.headers.getAllRawHeaders() for value in values
+        )
+        return BrokerRequest.of(caller.method, caller.target, headers, caller.body, self._format)
 
     def _submit(self, request: BrokerRequest) -> Deferred[BrokerResponse]:
         """
@@ -246,7 +269,7 @@ class Dispatcher:
         self.callers_waiting -= 1
         if not group.callers:
             self._stop_timer(group)
-            if self._collapse_key is None:
+            if isinstance(key, Alone):  # nobody else can ever join it
                 self._broker.withdraw(group.request)
 
     def _stop_timer(self, group: _Group) -> None:

@@ -4,6 +4,22 @@ The ways a broker request can end without an answer, each with its HTTP status.
 
 import errno
 
+__all__ = [
+    "OVERLOAD_ERRNOS",
+    "BrokerRequestFailed",
+    "MalformedResponse",
+    "BrokerFailed",
+    "NotARegularFile",
+    "AnswerTooLarge",
+    "BrokerUnavailable",
+    "ShuttingDown",
+    "Overloaded",
+    "RequestExpired",
+    "Withdrawn",
+    "CallerTimeout",
+    "OverCapacity",
+]
+
 #: errno values that mean this process is short of descriptors.
 OVERLOAD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 
@@ -130,3 +146,14 @@ class OverCapacity(BrokerRequestFailed):
     status = 503
     reason = "too many callers waiting"
     kind = "over_capacity"
+
+
+class BodyTooLarge(BrokerRequestFailed):
+    """
+    The caller's request body is larger than C{[http] max_body}; it never
+    reaches the broker.
+    """
+
+    status = 413
+    reason = "request body too large"
+    kind = "body_too_large"

@@ -7,8 +7,21 @@ The collapse key, a single function, is a typed callable instead
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.application.service import IService
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+    from typing import Any
+
+    from twisted.internet.defer import Deferred
+
+    from fmq.protocol import BrokerRequest, BrokerResponse
+
+__all__ = ["IBroker", "ISettingsSource"]
 
 
 class IBroker(IService):
@@ -19,14 +32,30 @@ class IBroker(IService):
     C{stopService}. At stop, the Deferreds of requests still unanswered fail
     with L{fmq.errors.ShuttingDown}, and what the broker holds for them stays
     for the next start to adopt.
+
+    Its counters are plain integers that only grow; L{fmq.metrics} reads them
+    at scrape time. A broker with nothing to count leaves them at 0.
     """
 
     available = Attribute(
         "C{True} while the broker can take requests; C{False} while it is "
-        "unreachable (directory missing, connection down)."
+        "unreachable (directory missing, connection down) or blocked."
+    )
+    blocked = Attribute(
+        "C{True} while the broker's server asks it to stop publishing "
+        "(RabbitMQ's C{connection.blocked}, a memory or disk alarm): new "
+        "requests fail at once. Always C{False} for a broker with no such state."
+    )
+    dropped_replies = Attribute(
+        "Counter: answers that arrived for no request in flight (an unknown or "
+        "already answered id; a late answer deleted unread)."
+    )
+    delete_retries = Attribute(
+        "Counter: attempts to remove a finished request's traces (the file "
+        "broker's files) that failed and were retried."
     )
 
-    def submit(request):
+    def submit(request: BrokerRequest) -> Deferred[BrokerResponse]:
         """
         Send C{request} to the backend.
 
@@ -34,16 +63,15 @@ class IBroker(IService):
         broker: one file name) queues the second until the first is gone,
         first come, first served.
 
-        @param request: the request.
-        @type request: L{fmq.protocol.BrokerRequest}
-
-        @return: a Deferred that fires with the L{fmq.protocol.BrokerResponse}
-            or fails with a L{fmq.errors.BrokerRequestFailed}: C{MalformedResponse},
-            C{BrokerUnavailable}, C{RequestExpired} after the broker's request
-            TTL, C{ShuttingDown}. Cancelling it is the same as L{withdraw}.
+        @return: a Deferred that fires with the backend's answer or fails with
+            a L{fmq.errors.BrokerRequestFailed}: C{MalformedResponse} (and its
+            kinds), C{BrokerUnavailable}, C{Overloaded}, C{RequestExpired}
+            after the broker's request TTL, C{ShuttingDown}. Cancelling it is
+            the same as L{withdraw}. Any other error, or an exception raised
+            here, is taken for a bug in the broker (L{fmq.errors.BrokerFailed}).
         """
 
-    def withdraw(request):
+    def withdraw(request: BrokerRequest) -> None:
         """
         Give up C{request}: nobody waits for its answer any more.
 
@@ -52,10 +80,9 @@ class IBroker(IService):
         L{fmq.errors.Withdrawn}. Unknown or finished requests are ignored.
         """
 
-    def in_flight():
+    def in_flight() -> int:
         """
         @return: how many broker requests are sent or queued.
-        @rtype: L{int}
         """
 
 
@@ -66,7 +93,7 @@ class ISettingsSource(Interface):
 
     name = Attribute("How errors name this source, e.g. the file's path.")
 
-    def load():
+    def load() -> Mapping[str, Mapping[str, Any]]:
         """
         The raw settings, by section and key; values may be strings.
 
@@ -74,10 +101,9 @@ class ISettingsSource(Interface):
         @raise fmq.settings.SettingsError: the source cannot be read.
         """
 
-    def base_directory():
+    def base_directory() -> Path:
         """
         @return: the folder that relative paths are relative to.
-        @rtype: L{pathlib.Path}
         """
 
 

@@ -106,12 +106,12 @@ class _StateCollector:
             (
                 "fmq_dropped_replies",
                 "Replies dropped: unknown or already answered id.",
-                getattr(self._broker, "dropped_replies", 0),
+                self._broker.dropped_replies,
             ),
             (
                 "fmq_delete_retries",
                 "Attempts to delete a broker file that were retried.",
-                getattr(self._broker, "delete_retries", 0),
+                self._broker.delete_retries,
             ),
         ]:
             yield CounterMetricFamily(name, text, value=value)
@@ -136,7 +136,7 @@ class _StateCollector:
             (
                 "fmq_broker_blocked",
                 "1 while the broker blocks publishers (RabbitMQ's memory or disk alarm).",
-                int(bool(getattr(self._broker, "blocked", False))),
+                int(bool(self._broker.blocked)),
             ),
             ("fmq_threads", "Threads of the fmq process.", self._process.num_threads()),
         ]:

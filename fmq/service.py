@@ -7,12 +7,12 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 from twisted.logger import ILogObserver, Logger
 from twisted.python.components import Componentized
 
@@ -131,7 +131,7 @@ class Drain(Service):
         return done
 
 
-def exit_cleanly_on_sigterm(reactor: Any) -> None:
+def exit_cleanly_on_sigterm(reactor: IReactorCore) -> None:
     """
     Make SIGTERM stop the reactor like any shutdown, so twistd exits with
     status 0 instead of re-raising the signal (status 143).
@@ -143,4 +143,6 @@ def exit_cleanly_on_sigterm(reactor: Any) -> None:
         log.info("SIGTERM: stopping; request files stay for the next start")
         reactor.stop()
 
-    signal.signal(signal.SIGTERM, lambda signum, frame: reactor.callFromThread(stop))
+    signal.signal(
+        signal.SIGTERM, lambda signum, frame: cast(IReactorThreads, reactor).callFromThread(stop)
+    )

@@ -36,6 +36,7 @@ class HttpSettings:
     request_timeout: float
     backlog: int
     max_waiting: int
+    max_body: int
     access_log: bool
     drain_timeout: float
 
@@ -48,6 +49,7 @@ class BrokerSettings:
 
     type: str
     directory: Path
+    request_format: str
     watch: str
     poll_interval: float
     rescan_interval: float

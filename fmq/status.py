@@ -342,10 +342,8 @@ class Status:
             "type": self._broker_type,
             "available": available,
             "since": since,
+            "blocked": bool(self._broker.blocked),
         }
-        blocked = getattr(self._broker, "blocked", None)
-        if blocked is not None:
-            broker["blocked"] = bool(blocked)
         process = self._sampler.process
         return {
             "version": self._version,

@@ -28,7 +28,7 @@ from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm
 from fmq.settings import IniFile, Settings, SettingsError, load_settings
 from fmq.status import Events, Sampler, Status
 from fmq.warmup import warm_up
-from fmq.web import AccessLogSite, Front, QuietSite
+from fmq.web import AccessLogSite, FmqRequest, Front, QuietSite
 
 log = Logger(namespace="fmq")
 
@@ -116,6 +116,7 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
         collapse_key,
         max_waiting=settings.http.max_waiting,
         observer=metrics,
+        request_format=settings.broker.request_format,
         fleet=fleet[0] if fleet is not None else None,
     )
     metrics.watch(dispatcher, broker)
@@ -125,6 +126,7 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     resource = Front(dispatcher).app.resource()
     access_log = AccessLogSite(resource, reactor) if settings.http.access_log else None
     site = access_log if access_log is not None else QuietSite(resource, reactor=reactor)
+    site.requestFactory = FmqRequest.limited(settings.http.max_body)
     connections = Connections()
     connections.track(site)
     Drain(

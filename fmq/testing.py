@@ -16,6 +16,8 @@ from fmq.errors import BrokerUnavailable, RequestExpired, ShuttingDown, Withdraw
 from fmq.interfaces import IBroker, IRegistry
 from fmq.protocol import BrokerRequest, BrokerResponse, parse_response
 
+__all__ = ["MemoryBroker"]
+
 
 @attrs.define(eq=False)
 class _Outstanding:
@@ -31,6 +33,10 @@ class MemoryBroker(Service):
 
     @ivar sent: every request ever sent, in order.
     @ivar available: set it to C{False} to make new requests fail with 503.
+    @ivar blocked: set it to C{True} (with C{available} C{False}) to play a
+        broker whose server blocks publishers.
+    @ivar dropped_replies: answers given with L{respond} to requests not in
+        flight.
     """
 
     def __init__(self, clock: IReactorTime, request_ttl: float = 300.0) -> None:
@@ -39,6 +45,9 @@ class MemoryBroker(Service):
         self._outstanding: dict[int, _Outstanding] = {}
         self.sent: list[BrokerRequest] = []
         self.available = True
+        self.blocked = False
+        self.dropped_replies = 0
+        self.delete_retries = 0
 
     def submit(self, request: BrokerRequest) -> Deferred[BrokerResponse]:
         deferred: Deferred[BrokerResponse] = Deferred(lambda d: self._cancel(request))
@@ -69,7 +78,9 @@ class MemoryBroker(Service):
         Answer C{request} with C{data} in the response format, as a backend would.
         """
         outstanding = self._forget(request)
-        if outstanding is not None:
+        if outstanding is None:
+            self.dropped_replies += 1
+        else:
             try:
                 response = parse_response(data)
             except Exception as e:

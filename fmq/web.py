@@ -20,9 +20,9 @@ from twisted.web.http import NO_BODY_CODES
 from twisted.web.server import Request, Site
 
 from fmq.dispatch import Dispatcher
-from fmq.errors import OVERLOAD_ERRNOS, BrokerRequestFailed, Overloaded
+from fmq.errors import OVERLOAD_ERRNOS, BodyTooLarge, BrokerRequestFailed, Overloaded
 from fmq.keys import CallerRequest
-from fmq.protocol import BrokerResponse
+from fmq.protocol import BrokerResponse, Headers
 from fmq.sending import SLICE, SharedBody
 
 log = Logger(namespace="fmq.web")
@@ -45,10 +45,19 @@ class Front:
     @app.route("/", branch=True, strict_slashes=False, merge_slashes=False)
     def proxy(self, request: Request) -> Deferred[bytes | SharedBody]:
         """
-        Answer with the backend's status and body, unchanged.
+        Answer with the backend's status, headers and body; a request whose
+        body is over C{max_body} (see L{FmqRequest}) gets 413 at once.
         """
-        caller = CallerRequest(request.method, request.uri, request.requestHeaders)
-        answer = self._dispatcher.handle(caller)
+        if getattr(request, "body_too_large", False):
+            answer = self._dispatcher.refuse(BodyTooLarge())
+        else:
+            content = cast("IO[bytes] | None", request.content)
+            body = b""
+            if content is not None:
+                content.seek(0)
+                body = content.read()
+            caller = CallerRequest(request.method, request.uri, request.requestHeaders, body)
+            answer = self._dispatcher.handle(caller)
         answered = answer.addCallbacks(
             _reply, _refuse, callbackArgs=(request,), errbackArgs=(request,)
         )
@@ -57,14 +66,34 @@ class Front:
 
 def _reply(response: BrokerResponse, request: Request) -> bytes | SharedBody:
     request.setResponseCode(response.status)
-    # The file protocol carries no content type; better none than a wrong one.
+    # Without the backend's Content-Type, better none than a wrong one.
     request.defaultContentType = None
+    if response.headers:
+        _set_headers(request, response.headers)
+    if response.status in NO_BODY_CODES:
+        return b""  # no body, so no Content-Length either
     body = response.body
     request.setHeader(b"content-length", b"%d" % len(body))
-    # Twisted sends no body for these, so it copies none either.
-    if len(body) <= SLICE or request.method == b"HEAD" or response.status in NO_BODY_CODES:
+    # Twisted sends no body for HEAD, so it copies none either.
+    if len(body) <= SLICE or request.method == b"HEAD":
         return body
     return SharedBody(body)
+
+
+def _set_headers(request: Request, headers: Headers) -> None:
+    """
+    Give the caller the backend's headers; they replace Twisted's own
+    (C{Date}, C{Server}) of the same name.
+    """
+    out = request.responseHeaders
+    named = set()
+    for name, value in headers:
+        lower = name.lower()
+        if lower in named:
+            out.addRawHeader(name, value)
+        else:
+            out.setRawHeaders(name, [value])
+            named.add(lower)
 
 
 def _refuse(failure: Failure, request: Request) -> bytes:
@@ -87,9 +116,32 @@ class FmqRequest(Request):
     A request that answers 503, not 500, when this process runs out of file
     descriptors while handling it (C{EMFILE}, C{ENFILE}), wherever that
     happens: Klein's routing, a lazy import, a handler.
+
+    It keeps at most C{max_body} bytes of the body: past that, from the
+    Content-Length as soon as the headers are in or from the bytes as they
+    come, it keeps nothing more and sets C{body_too_large}; the body is
+    still read to its end, so the caller can read the 413.
+
+    @cvar max_body: bytes of body kept; C{None} for no limit (see L{limited}).
     """
 
+    max_body: int | None = None
+    body_too_large = False
+    _received = 0
+    # fmq passes bodies on; Twisted need not parse forms in them.
+    _parsePOSTFormSubmission = False
+
+    @classmethod
+    def limited(cls, max_body: int) -> type[FmqRequest]:
+        """
+        This request class with C{max_body} set, for a site's C{requestFactory}.
+        """
+        return type(cls.__name__, (cls,), {"max_body": max_body})
+
     def gotLength(self, length: int | None) -> None:
+        if self.max_body is not None and length is not None and length > self.max_body:
+            self._refuse_body()
+            return
         try:
             Request.gotLength(self, length)
         except OSError as e:
@@ -97,6 +149,21 @@ class FmqRequest(Request):
                 raise
             # No descriptor for the temporary file Twisted keeps large bodies in.
             cast(Any, self).content = BytesIO()  # typed None before gotLength
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_too_large:
+            return
+        self._received += len(data)
+        if self.max_body is not None and self._received > self.max_body:
+            self._refuse_body()
+            return
+        Request.handleContentChunk(self, data)
+
+    def _refuse_body(self) -> None:
+        self.body_too_large = True
+        if self.content is not None:
+            self.content.close()
+        cast(Any, self).content = BytesIO()
 
     def processingFailed(self, reason: Failure) -> Failure:
         error = reason.value

@@ -2,13 +2,49 @@
 Shared fixtures.
 """
 
+import gc
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
+from twisted.logger import globalLogPublisher
 
 from tests.e2e import FmqProcess, HeldBackend
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """
+    Tests that start processes (C{twistd fmq}, backends, a browser) are
+    marked C{process} and run after the fast ones, so a broken unit shows
+    first; C{-m "not process"} runs the fast set alone.
+    """
+    for item in items:
+        if "make_fmq" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.process)
+    items.sort(key=lambda item: item.get_closest_marker("process") is not None)
+
+
+@pytest.fixture(autouse=True)
+def _no_unhandled_errors():
+    """
+    Fail a test that leaves a failed Deferred unhandled. Garbage is
+    collected at its end, so CPython and PyPy (whose GC runs later) report
+    it at the same test, not at whichever test runs when PyPy collects.
+    """
+    unhandled: list[dict] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_format") == "Unhandled error in Deferred:":
+            unhandled.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield
+        gc.collect()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert not unhandled, f"{len(unhandled)} Deferred(s) failed with nobody handling the error"
 
 
 @pytest.fixture(autouse=True)

@@ -95,7 +95,7 @@ class AdminTests(SynchronousTestCase):
             json.loads(body),
             {
                 "status": "ok",
-                "broker": {"type": "memory", "available": True, "in_flight": 1},
+                "broker": {"type": "memory", "available": True, "blocked": False, "in_flight": 1},
                 "mode": "collapse",
                 "fleet": "off",
                 "callers_waiting": 2,

@@ -15,7 +15,7 @@ from zope.interface.verify import verifyObject
 
 from fmq.errors import MalformedResponse, RequestExpired, ShuttingDown, Withdrawn
 from fmq.interfaces import IBroker
-from fmq.protocol import BrokerRequest, BrokerResponse
+from fmq.protocol import BrokerRequest, BrokerResponse, encode_request, parse_request
 from tests.contract import AmqpDriver, FileDriver, MemoryDriver, rabbitmq_reachable
 
 
@@ -115,6 +115,71 @@ async def test_same_key_both_answered(driver) -> None:
         await driver.requests(1 if driver.name == "file" else 2 - n)
         await driver.answer(request, b"200\n%d" % n)
     assert [(await outcome(a)).body for a in answers] == [b"0", b"1"]
+
+
+@pytest.mark.parametrize("format", ["line", "http", "json"])
+@pytest_twisted.ensureDeferred
+async def test_body_and_headers_reach_backend(driver, format) -> None:
+    """
+    A request's body, and its headers where the format has them, reach the
+    backend in the request's format; the answer's headers come back.
+    """
+    headers = ((b"Content-Type", b"application/json"), (b"Authorization", b"Bearer a"))
+    body = b'{"sku": 7}\n\x00\xff'
+    request = BrokerRequest.of(b"POST", b"/orders?x=1", headers, body, format)
+    answer = driver.broker.submit(request)
+    [data] = await driver.requests(1)
+    assert data == encode_request(request)
+    read = parse_request(data)
+    assert (read.format, read.method, read.target, read.body) == (
+        format,
+        b"POST",
+        b"/orders?x=1",
+        body,
+    )
+    assert read.headers == (headers if format != "line" else ())
+    await driver.answer(
+        request,
+        b"HTTP/1.1 201 Created\r\nLocation: /orders/7\r\nConnection: close\r\n\r\nmade",
+    )
+    assert await outcome(answer) == BrokerResponse(201, b"made", ((b"Location", b"/orders/7"),))
+
+
+ANSWER_FORMS = [
+    (b"200\nbare", BrokerResponse(200, b"bare")),
+    (b"404 Not Found\r\nreason", BrokerResponse(404, b"reason")),
+    (
+        b"HTTP/1.0 200 OK\nContent-Type: text/plain\nContent-Length: 9\n\nhttp\r\nform",
+        BrokerResponse(200, b"http\r\nform", ((b"Content-Type", b"text/plain"),)),
+    ),
+    (b"\xef\xbb\xbf200 OK\r\nbom", BrokerResponse(200, b"bom")),
+    (b"204\nleftover", BrokerResponse(204, b"")),
+]
+
+
+@pytest_twisted.ensureDeferred
+async def test_answer_forms(driver) -> None:
+    """
+    Every answer form of contract §3c is read the same by every broker.
+    """
+    for n, (data, expected) in enumerate(ANSWER_FORMS):
+        request = BrokerRequest.of(b"GET", b"/form/%d" % n)
+        answer = driver.broker.submit(request)
+        await driver.requests(1)
+        await driver.answer(request, data)
+        assert await outcome(answer) == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_interim_status_malformed(driver) -> None:
+    """
+    A 1xx answer is not final: it fails with L{MalformedResponse}.
+    """
+    request = BrokerRequest.of(b"GET", b"/interim")
+    answer = driver.broker.submit(request)
+    await driver.requests(1)
+    await driver.answer(request, b"100\nhello")
+    assert isinstance(await outcome(answer), MalformedResponse)
 
 
 @pytest_twisted.ensureDeferred

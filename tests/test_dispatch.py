@@ -18,7 +18,12 @@ from fmq.errors import (
     RequestExpired,
     Withdrawn,
 )
-from fmq.keys import CallerRequest, method_and_path, method_and_path_without_query
+from fmq.keys import (
+    CallerRequest,
+    method_and_path,
+    method_and_path_without_query,
+    reads_per_credentials,
+)
 from fmq.protocol import BrokerResponse, broker_key
 from fmq.testing import MemoryBroker
 
@@ -289,6 +294,27 @@ class NaiveTests(DispatcherMixin, SynchronousTestCase):
         self.failureResultOf(answer, CancelledError)
         self.assertEqual(self.broker.in_flight(), 0)
         self.assertEqual(dispatcher.callers_waiting, 0)
+
+    def test_a_caller_alone_in_collapse_mode_is_withdrawn_too(self) -> None:
+        """
+        In collapse mode, a caller whose key shares with nobody (a POST under
+        the default key) has its broker request withdrawn when it times out
+        or leaves: nobody else can ever use it.
+        """
+        dispatcher = self.dispatcher(reads_per_credentials)
+        timed_out = dispatcher.handle(caller(b"/orders", b"POST"))
+        left = dispatcher.handle(caller(b"/orders", b"POST"))
+        read = dispatcher.handle(caller(b"/orders"))
+        self.assertEqual(self.broker.in_flight(), 3)
+        left.cancel()
+        self.failureResultOf(left, CancelledError)
+        self.assertEqual(self.broker.in_flight(), 2)
+        self.clock.advance(TIMEOUT)
+        self.failureResultOf(timed_out, CallerTimeout)
+        self.failureResultOf(read, CallerTimeout)
+        self.assertEqual(
+            [r.method for r in self.broker.outstanding()], [b"GET"]
+        )  # a GET stays for those still to come
 
     def test_withdrawn_elsewhere_fails_the_caller(self) -> None:
         """

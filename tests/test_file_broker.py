@@ -86,11 +86,11 @@ class FileBrokerTests(SynchronousTestCase):
 
     def stop(self) -> None:
         """
-        Stop the broker; requests it fails at stop are expected.
+        Stop the broker. A test that leaves a request in flight checks that
+        it fails with L{ShuttingDown}: an unhandled one fails the test.
         """
         if self.broker.running:
             self.broker.stopService()
-            self.flushLoggedErrors(ShuttingDown)
 
     def names(self) -> list[str]:
         return sorted(n for n in os.listdir(self.directory) if n != LOCK_NAME)
@@ -107,9 +107,11 @@ class FileBrokerTests(SynchronousTestCase):
         file stays behind.
         """
         request = BrokerRequest.of(b"GET", b"/items?id=1")
-        self.broker.submit(request)
+        pending = self.broker.submit(request)
         self.assertEqual(self.names(), [f"{request.key}.req"])
         self.assertEqual((self.directory / f"{request.key}.req").read_bytes(), b"GET /items?id=1\n")
+        self.stop()
+        self.failureResultOf(pending, ShuttingDown)
 
     def test_deletes_req_before_resp(self) -> None:
         """
@@ -192,6 +194,8 @@ class FileBrokerTests(SynchronousTestCase):
         for _ in range(10):
             self.clock.advance(POLL)
         self.assertNoResult(second)
+        self.stop()
+        self.failureResultOf(second, ShuttingDown)
 
     def test_delete_retry_backoff(self) -> None:
         """
@@ -407,10 +411,13 @@ class FileBrokerTests(SynchronousTestCase):
         self.clock.advance(CHECK)
         self.assertTrue(self.broker.available)
         self.assertTrue((self.directory / LOCK_NAME).exists())
-        self.assertNoResult(self.broker.submit(BrokerRequest.of(b"GET", b"/c")))
+        last = self.broker.submit(BrokerRequest.of(b"GET", b"/c"))
+        self.assertNoResult(last)
         self.assertEqual(
             len([e for e in self.events if "usable again" in e.get("log_format", "")]), 1
         )
+        self.stop()
+        self.failureResultOf(last, ShuttingDown)
 
     def test_waiting_callers_get_503_within_a_check(self) -> None:
         """
@@ -581,6 +588,30 @@ class LeftoverTests(SynchronousTestCase):
         self.backend.deliver()
         self.assertEqual(self.successResultOf(answer).body, b"for the adopted")
         self.assertEqual(os.listdir(self.directory), [LOCK_NAME])
+
+    def test_only_the_same_request_joins_an_adopted_one(self) -> None:
+        """
+        A new request joins an adopted one only if it would write the same
+        file: another body (or, in the http format, other headers) waits its
+        turn behind it, so a caller never gets the answer to someone else's
+        request.
+        """
+        request = BrokerRequest.of(b"POST", b"/orders", body=b"mine")
+        left = self.leave(f"{request.key}.req", b"POST /orders\nmine", age=10)
+        inode = left.stat().st_ino
+        broker = self.start()
+        other = broker.submit(BrokerRequest.of(b"POST", b"/orders", body=b"yours"))
+        same = broker.submit(BrokerRequest.of(b"POST", b"/orders", body=b"mine"))
+        self.assertEqual(broker.in_flight(), 2)  # the adopted one, joined, and the other
+        self.assertEqual((left.stat().st_ino, left.read_bytes()), (inode, b"POST /orders\nmine"))
+        self.backend.answer(request, b"200\nfor mine")
+        self.backend.deliver()
+        self.assertEqual(self.successResultOf(same).body, b"for mine")
+        self.assertNoResult(other)
+        self.clock.advance(POLL)
+        self.assertEqual(left.read_bytes(), b"POST /orders\nyours")
+        broker.stopService()
+        self.failureResultOf(other, ShuttingDown)
 
     def test_adopted_ttl_counts_from_file_time(self) -> None:
         """

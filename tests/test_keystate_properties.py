@@ -127,10 +127,10 @@ class Model:
             self.files.pop(name, None)
             self.run(self.table.deleted(key, name))
 
-    def submit(self, key: str) -> None:
+    def submit(self, key: str, same_as_adopted: bool = True) -> None:
         rid = len(self.rids)
         self.rids[rid] = key
-        self.run(self.table.submit(key, rid))
+        self.run(self.table.submit(key, rid, same_as_adopted))
 
     def adopt_leftovers(self) -> None:
         """
@@ -150,8 +150,8 @@ class Model:
 
     def step(self, event: str, argument: int) -> None:
         key = KEYS[argument % len(KEYS)]
-        if event == "submit":
-            self.submit(key)
+        if event == "submit":  # the same request as an adopted one, or another
+            self.submit(key, same_as_adopted=(argument // len(KEYS)) % 2 == 0)
         elif event == "prepare":  # the backend reads the request and starts its answer
             rid = self.files.get(f"{key}.req")
             if isinstance(rid, int):

@@ -25,7 +25,7 @@ quick = settings(database=None, deadline=None)
 #: what the contract calls blanks around the status.
 blanks = st.text(alphabet=" \t", max_size=3).map(lambda s: s.encode("ascii"))
 
-statuses = st.integers(min_value=100, max_value=599)
+statuses = st.integers(min_value=200, max_value=599).filter(lambda s: s not in (204, 304))
 
 
 class BrokerKeyTests(SynchronousTestCase):
@@ -141,11 +141,11 @@ class ParseResponseTests(SynchronousTestCase):
 
     def test_range_ends(self) -> None:
         """
-        Statuses 100 and 599 are valid.
+        Statuses 200 and 599 are valid.
         """
         self.assertEqual(
-            [parse_response(b"100\n"), parse_response(b"599\n")],
-            [BrokerResponse(100, b""), BrokerResponse(599, b"")],
+            [parse_response(b"200\n"), parse_response(b"599\n")],
+            [BrokerResponse(200, b""), BrokerResponse(599, b"")],
         )
 
     def test_blanks_and_carriage_return(self) -> None:
@@ -274,9 +274,9 @@ class ParseResponseTests(SynchronousTestCase):
 
     def test_reason_phrase(self) -> None:
         """
-        A status line with a reason phrase, as in HTTP, is malformed.
+        A status line with a reason phrase, as in HTTP, is the status.
         """
-        self.assert_malformed(b"200 OK\nbody")
+        self.assertEqual(parse_response(b"200 OK\nbody"), BrokerResponse(200, b"body"))
 
     def test_trailing_garbage(self) -> None:
         """
@@ -296,24 +296,30 @@ def _invalid_status_lines() -> st.SearchStrategy[bytes]:
     """
     First lines (without their newline) that are not a valid status, by construction.
     """
-    # a byte that strip() keeps and that is not a digit: the line can never be all digits
+    no_newline = st.binary().map(lambda b: b.replace(b"\n", b""))
+    digits = st.text(alphabet="0123456789", max_size=2).map(lambda s: s.encode("ascii"))
+    # a byte that strip() keeps and that is not a digit; not the H of HTTP/
     foreign = (
         st.integers(0, 255)
-        .filter(lambda b: not bytes([b]).isdigit())
         .map(lambda b: bytes([b]))
-        .filter(lambda b: b not in b" \t\n\r\x0b\x0c")
+        .filter(lambda b: not b.isdigit() and b not in b" \t\n\r\x0b\x0cH")
     )
-    no_newline = st.binary().map(lambda b: b.replace(b"\n", b""))
-    with_foreign = st.tuples(no_newline, foreign, no_newline).map(b"".join)
-    digits = st.text(alphabet="0123456789", max_size=8).map(lambda s: s.encode("ascii"))
-    wrong_length = digits.filter(lambda d: len(d) != 3)
-    out_of_range = st.one_of(st.integers(0, 99), st.integers(600, 999)).map(lambda n: b"%03d" % n)
-    inner_blank = st.tuples(
-        st.text(alphabet="0123456789", min_size=1, max_size=3),
-        st.text(alphabet=" \t\r", min_size=1, max_size=2),
-        st.text(alphabet="0123456789", min_size=1, max_size=3),
-    ).map(lambda parts: "".join(parts).encode("ascii"))
-    core = st.one_of(with_foreign, wrong_length, out_of_range, inner_blank)
+    # fewer than three digits, then something else: never a three-digit status
+    short = st.tuples(digits, foreign, no_newline).map(b"".join)
+    # three digits glued to something else: 2000, 200OK, 200;
+    glued = st.tuples(st.integers(200, 599).map(lambda n: b"%d" % n), foreign, no_newline).map(
+        b"".join
+    )
+    out_of_range = st.one_of(st.integers(0, 199), st.integers(600, 999)).map(lambda n: b"%03d" % n)
+    reason = st.tuples(st.just(b" "), no_newline).map(b"".join)
+    out_of_range_with_reason = st.tuples(out_of_range, st.one_of(st.just(b""), reason)).map(
+        b"".join
+    )
+    control = st.integers(0, 31).filter(lambda c: c not in (9, 10)).map(lambda c: bytes([c]))
+    bad_reason = st.tuples(
+        st.integers(200, 599).map(lambda n: b"%d " % n), no_newline, control, st.just(b"x")
+    ).map(b"".join)
+    core = st.one_of(short, glued, out_of_range_with_reason, bad_reason)
     return st.tuples(blanks, core, blanks).map(b"".join)
 
 
@@ -326,7 +332,8 @@ class ParseResponsePropertyTests(SynchronousTestCase):
     @given(status=statuses, body=st.binary())
     def test_round_trip(self, status: int, body: bytes) -> None:
         """
-        Any status 100-599 on the first line and any bytes after it parse back unchanged.
+        Any status 200-599 (but 204 and 304, which have no body) on the first line
+        and any bytes after it parse back unchanged.
         """
         self.assertEqual(parse_response(b"%d\n" % status + body), BrokerResponse(status, body))
 
@@ -367,5 +374,5 @@ class ParseResponsePropertyTests(SynchronousTestCase):
             response = parse_response(data)
         except MalformedResponse:
             return
-        self.assertTrue(100 <= response.status <= 599)
+        self.assertTrue(200 <= response.status <= 599)
         self.assertTrue(data.endswith(response.body))

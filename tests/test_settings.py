@@ -9,6 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import attrs
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 from zope.interface.verify import verifyObject
@@ -19,6 +20,7 @@ from fmq.keys import (
     load_collapse_key,
     method_and_path,
     method_and_path_without_query,
+    reads_per_credentials,
 )
 from fmq.settings import DictSource, IniFile, Settings, SettingsError, load_settings
 
@@ -43,13 +45,37 @@ class DefaultsTests(SynchronousTestCase):
 
     def test_http(self) -> None:
         """
-        The HTTP listener defaults to 127.0.0.1:8080, a 60 s caller timeout and backlog 4096.
+        The HTTP listener defaults to 127.0.0.1:8080, a 60 s caller timeout, backlog
+        4096, request bodies of up to 1 MiB and the access log on.
         """
         http = self.settings.http
         self.assertEqual(
-            (http.interface, http.port, http.request_timeout, http.backlog, http.access_log),
-            ("127.0.0.1", 8080, 60.0, 4096, False),
+            (
+                http.interface,
+                http.port,
+                http.request_timeout,
+                http.backlog,
+                http.max_body,
+                http.access_log,
+            ),
+            ("127.0.0.1", 8080, 60.0, 4096, 1024 * 1024, True),
         )
+
+    def test_request_format(self) -> None:
+        """
+        Requests are written in the seed's C{line} format by default; C{http} and
+        C{json} may be chosen, nothing else.
+        """
+        self.assertEqual(self.settings.broker.request_format, "line")
+        for format in ["http", "json"]:
+            chosen = load_settings(DictSource({"broker": {"request_format": format}}))
+            self.assertEqual(chosen.broker.request_format, format)
+        error = self.assertRaises(
+            SettingsError,
+            load_settings,
+            DictSource({"broker": {"request_format": "xml"}}),
+        )
+        self.assertIn("[broker] request_format", str(error))
 
     def test_broker(self) -> None:
         """
@@ -69,11 +95,11 @@ class DefaultsTests(SynchronousTestCase):
 
     def test_service(self) -> None:
         """
-        The service defaults to collapse mode keyed by method and path.
+        The service defaults to collapse mode with the safe key: reads per credentials.
         """
         self.assertEqual(
             (self.settings.service.mode, self.settings.service.collapse_key),
-            ("collapse", "fmq.keys.method_and_path"),
+            ("collapse", "fmq.keys.reads_per_credentials"),
         )
 
     def test_admin(self) -> None:
@@ -185,7 +211,8 @@ class IniFileTests(SynchronousTestCase):
 
     def test_contract_example(self) -> None:
         """
-        The contract's example file loads with the values it shows.
+        The contract's example file loads with the values it shows: the defaults,
+        but for the seed's collapse key, which it names.
         """
         settings = self.load(
             "[http]\ninterface = 127.0.0.1\nport = 8080\nrequest_timeout = 60.0\n"
@@ -194,8 +221,14 @@ class IniFileTests(SynchronousTestCase):
             "[service]\nmode = collapse\ncollapse_key = fmq.keys.method_and_path\n"
             "[admin]\ninterface = 127.0.0.1\nport = 8081\n"
         )
+        defaults = load_settings(DictSource({}, name=str(self.path), base=self.folder))
+        self.assertEqual(settings.service.collapse_key, "fmq.keys.method_and_path")
         self.assertEqual(
-            settings, load_settings(DictSource({}, name=str(self.path), base=self.folder))
+            settings,
+            attrs.evolve(
+                defaults,
+                service=attrs.evolve(defaults.service, collapse_key="fmq.keys.method_and_path"),
+            ),
         )
 
     def test_no_interpolation(self) -> None:
@@ -411,9 +444,10 @@ class LoadCollapseKeyTests(SynchronousTestCase):
 
     def test_builtin(self) -> None:
         """
-        The default dotted path names L{method_and_path}.
+        The shipped dotted paths name L{reads_per_credentials} and L{method_and_path}.
         """
         self.assertIs(load_collapse_key("fmq.keys.method_and_path"), method_and_path)
+        self.assertIs(load_collapse_key("fmq.keys.reads_per_credentials"), reads_per_credentials)
 
     def test_user_function(self) -> None:
         """
@@ -521,6 +555,85 @@ class CollapseKeyTests(SynchronousTestCase):
         """
         The keys can be used in a dict, as the collapse map does.
         """
-        request = CallerRequest(b"GET", b"/a?b")
-        groups = {method_and_path(request): 1, method_and_path_without_query(request): 2}
-        self.assertEqual(len(groups), 2)
+        request = CallerRequest(b"GET", b"/a?b", Headers({b"Cookie": [b"a=1", b"b=2"]}))
+        groups = {
+            method_and_path(request): 1,
+            method_and_path_without_query(request): 2,
+            reads_per_credentials(request): 3,
+        }
+        self.assertEqual(len(groups), 3)
+
+
+def caller(
+    method: bytes = b"GET", target: bytes = b"/me", body: bytes = b"", **headers: str
+) -> CallerRequest:
+    """
+    A caller's request with C{headers} given as C{authorization="..."}.
+    """
+    raw = Headers()
+    for name, value in headers.items():
+        raw.addRawHeader(name.encode(), value.encode())
+    return CallerRequest(method, target, raw, body)
+
+
+class ReadsPerCredentialsTests(SynchronousTestCase):
+    """
+    Tests for L{reads_per_credentials}, the default collapse key.
+    """
+
+    def test_reads_collapse(self) -> None:
+        """
+        Two GETs (or two HEADs) for one target, with the same credentials or none, collapse.
+        """
+        for method in [b"GET", b"HEAD"]:
+            self.assertEqual(
+                reads_per_credentials(caller(method)), reads_per_credentials(caller(method))
+            )
+            self.assertEqual(
+                reads_per_credentials(caller(method, authorization="Bearer a", cookie="s=1")),
+                reads_per_credentials(caller(method, authorization="Bearer a", cookie="s=1")),
+            )
+
+    def test_other_headers_do_not_count(self) -> None:
+        """
+        Headers other than Authorization and Cookie do not keep callers apart.
+        """
+        self.assertEqual(
+            reads_per_credentials(caller(x_trace="1", accept="*/*")),
+            reads_per_credentials(caller(x_trace="2")),
+        )
+
+    def test_credentials_keep_apart(self) -> None:
+        """
+        Different, present or absent Authorization or Cookie values never collapse.
+        """
+        keys = [
+            reads_per_credentials(caller()),
+            reads_per_credentials(caller(authorization="Bearer a")),
+            reads_per_credentials(caller(authorization="Bearer b")),
+            reads_per_credentials(caller(cookie="s=1")),
+            reads_per_credentials(caller(cookie="s=2")),
+            reads_per_credentials(caller(authorization="Bearer a", cookie="s=1")),
+        ]
+        self.assertEqual(len(set(keys)), len(keys))
+
+    def test_method_and_target_count(self) -> None:
+        """
+        GET and HEAD, and different targets, are kept apart.
+        """
+        keys = {
+            reads_per_credentials(caller(b"GET", b"/a")),
+            reads_per_credentials(caller(b"HEAD", b"/a")),
+            reads_per_credentials(caller(b"GET", b"/a?x=1")),
+        }
+        self.assertEqual(len(keys), 3)
+
+    def test_other_methods_never_collapse(self) -> None:
+        """
+        Every other method gets a key of its own, even with the same target and body.
+        """
+        for method in [b"POST", b"PUT", b"PATCH", b"DELETE", b"OPTIONS", b"get"]:
+            self.assertNotEqual(
+                reads_per_credentials(caller(method, body=b"x")),
+                reads_per_credentials(caller(method, body=b"x")),
+            )

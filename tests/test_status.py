@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
@@ -382,7 +383,7 @@ class StatusPageTests(SynchronousTestCase):
                 "version": __version__,
                 "uptime": 2.5,
                 "mode": "collapse",
-                "broker": {"type": "memory", "available": True, "since": 1000},
+                "broker": {"type": "memory", "available": True, "since": 1000, "blocked": False},
                 "totals": {
                     "requests": 2,
                     "broker_requests": 1,
@@ -471,6 +472,7 @@ class StatusPageTests(SynchronousTestCase):
         )
 
 
+@pytest.mark.process
 class PackagingTests(SynchronousTestCase):
     """
     The status page works from a plain, non-editable install.

@@ -15,9 +15,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 import fmq.tap
@@ -233,6 +235,45 @@ class MakeBrokerTests(SynchronousTestCase):
         broker = make_broker(self.settings(max_answer_bytes="1000"), MemoryReactorClock())
         self.assertEqual(broker._reader.max_bytes, 1000)
 
+    def broker_warnings(self, mode: int) -> list[str]:
+        """
+        The warnings logged while making a file broker on a directory of C{mode}.
+        """
+        settings = self.settings()
+        self.directory = settings.broker.directory
+        settings.broker.directory.mkdir()
+        settings.broker.directory.chmod(mode)
+        self.addCleanup(settings.broker.directory.chmod, 0o700)
+        with capturedLogs() as events:
+            make_broker(settings, MemoryReactorClock())
+        return [formatEvent(e) for e in events if e["log_level"] == LogLevel.warn]
+
+    def test_writable_by_everyone_warns(self) -> None:
+        """
+        A broker directory every user may write to, sticky or not, gives one
+        warning line that names it: anyone could plant answers.
+        """
+        for mode in [0o777, 0o1777, 0o733]:
+            [line] = self.broker_warnings(mode)
+            self.assertIn("can be written by every user", line)
+            self.assertIn("plant answers", line)
+            self.assertIn(str(self.directory), line)
+
+    def test_private_directory_no_warning(self) -> None:
+        """
+        A directory only its owner, or its owner's group, may write to gives no warning.
+        """
+        for mode in [0o700, 0o755, 0o775, 0o1775]:
+            self.assertEqual(self.broker_warnings(mode), [])
+
+    def test_missing_directory_no_warning(self) -> None:
+        """
+        A directory that is not there yet gives no warning (fmq makes it).
+        """
+        with capturedLogs() as events:
+            make_broker(self.settings(), MemoryReactorClock())
+        self.assertEqual([e for e in events if e["log_level"] == LogLevel.warn], [])
+
     def test_amqp(self) -> None:
         """
         C{type = amqp} gives an L{AmqpBroker}, not yet connected.
@@ -364,7 +405,11 @@ class BuildServiceTests(SynchronousTestCase):
         """
         service, reactor = self.build()
         [http] = [child for child in service if isinstance(child, StreamServerEndpointService)][:1]
-        port = self.successResultOf(http._waitingForPort)
+        # successResultOf would take the port from the Deferred, and the
+        # service could not stop listening (a socket left open).
+        ports: list[Any] = []
+        http._waitingForPort.addCallback(lambda port: ports.append(port) or port)
+        [port] = ports
         self.assertIsInstance(port, GatedPort)
         self.assertIn(port, reactor.readers)
         self.assertEqual([server[0] for server in reactor.tcpServers], [8081])
@@ -384,6 +429,15 @@ class BuildServiceTests(SynchronousTestCase):
         service.stopService()
         reactor.advance(0)
         self.assertEqual([child.running for child in service], [False] * len(list(service)))
+
+    def test_max_body(self) -> None:
+        """
+        The callers' site keeps request bodies of up to C{[http] max_body} bytes.
+        """
+        for values, limit in [({}, 1 << 20), ({"http": {"max_body": "10"}}, 10)]:
+            service, _ = self.build(start=False, **values)
+            http = next(c for c in service if isinstance(c, StreamServerEndpointService))
+            self.assertEqual(http.factory.requestFactory.max_body, limit)
 
     def test_naive_mode(self) -> None:
         """
@@ -414,6 +468,7 @@ print(json.dumps([result, resource.getrlimit(resource.RLIMIT_NOFILE)]))
 """
 
 
+@pytest.mark.process
 class OpenFilesLimitTests(SynchronousTestCase):
     """
     Tests for L{raise_open_files_limit}, run in a child process with a lowered soft limit.
@@ -457,6 +512,7 @@ class OpenFilesLimitTests(SynchronousTestCase):
         self.assertEqual(self.run_child(hard), ([hard, hard], [hard, hard]))
 
 
+@pytest.mark.process
 class InstalledPluginTests(SynchronousTestCase):
     """
     The installed project, as twistd sees it.

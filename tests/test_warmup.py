@@ -9,6 +9,7 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
 from klein import Klein
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -70,6 +71,7 @@ for site, request in [
 """
 
 
+@pytest.mark.process
 class WarmUpTests(SynchronousTestCase):
     """
     The warm-up serves real requests through the real HTTP stack.

@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -74,7 +74,7 @@ class AmqpBroker(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         url: str,
         request_queue: str,
         *,
@@ -118,6 +118,7 @@ class AmqpBroker(Service):
         self._blocked_since = 0.0
         self.blocked = False
         self.dropped_replies = 0
+        self.delete_retries = 0  # RabbitMQ removes what it delivered
 
     @property
     def available(self) -> bool:
@@ -216,7 +217,7 @@ class AmqpBroker(Service):
         protocol = TwistedProtocolConnection(self._parameters)
         ready = protocol.ready  # it is set to None once it fires
         endpoint = TCP4ClientEndpoint(
-            self._reactor,
+            cast(IReactorTCP, self._reactor),
             self._parameters.host,
             self._parameters.port,
             timeout=int(self._connect_timeout),

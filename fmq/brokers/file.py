@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
@@ -53,8 +54,8 @@ from fmq.logs import debugging
 from fmq.protocol import (
     BrokerRequest,
     BrokerResponse,
-    decode_request,
     encode_request,
+    parse_request,
 )
 
 __all__ = ["FileBroker"]
@@ -68,9 +69,13 @@ class FileBroker(Service):
 
     @ivar available: C{False} while the directory is missing, not writable,
         full, or locked by another process.
+    @ivar dropped_replies: late answers (no request waits for them) deleted
+        unread.
     """
 
     log = Logger()
+    #: a directory never asks fmq to stop writing
+    blocked = False
 
     def __init__(
         self,
@@ -115,6 +120,7 @@ class FileBroker(Service):
         self._scan_loop: LoopingCall | None = None
         self._check_loop: LoopingCall | None = None
         self._taken = False  # directory created, locked and swept
+        self.dropped_replies = 0
 
     @property
     def available(self) -> bool:
@@ -209,8 +215,15 @@ class FileBroker(Service):
             return fail(ShuttingDown())
         if not self.available:
             return fail(BrokerUnavailable())
+        state = self._keys.get(request.key)
+        same = (
+            state is not None
+            and state.adopted
+            and state.rid is not None
+            and _same_file(self._requests.request(state.rid), request)
+        )
         rid, deferred = self._requests.wait(request, self._ttl, self._cancelled)
-        self._run(self._keys.submit(request.key, rid))
+        self._run(self._keys.submit(request.key, rid, same_as_adopted=same))
         return deferred
 
     def withdraw(self, request: BrokerRequest) -> None:
@@ -319,6 +332,7 @@ class FileBroker(Service):
             if isinstance(action, Read):
                 self._look(key, action.rid, complete)
             else:
+                self.dropped_replies += 1
                 self.log.info(
                     "deleting {key}.resp: no request waits for it (a late answer)", key=key
                 )
@@ -398,14 +412,14 @@ class FileBroker(Service):
         path = self.directory / request_name(key)
         try:
             st = self._fs.stat(path)
-            method, target = decode_request(self._fs.read_bytes(path))
+            found = parse_request(self._fs.read_bytes(path))
         except FileNotFoundError:
             return
         except (OSError, ValueError) as e:
             self.log.warn("cannot adopt {key}.req: {error}", key=key, error=str(e))
             return
         left = ttl_left(self._ttl, st.st_mtime, self._clock.seconds())
-        request = BrokerRequest(key, method, target)
+        request = attrs.evolve(found, key=key)
         rid = self._requests.adopt(request, left)
         self._run(self._keys.adopt(key, rid, st.st_mtime_ns))
         self.log.info(
@@ -414,3 +428,12 @@ class FileBroker(Service):
             request=request.line,
             left=left,
         )
+
+
+def _same_file(adopted: BrokerRequest, request: BrokerRequest) -> bool:
+    """
+    Whether C{request} would write the very file C{adopted} was read from: the
+    same method, target and body, and the same headers where its format
+    carries them. Only then may its caller share the adopted request's answer.
+    """
+    return encode_request(attrs.evolve(request, format=adopted.format)) == encode_request(adopted)

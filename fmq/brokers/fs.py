@@ -14,11 +14,9 @@ from pathlib import Path
 
 from fmq.brokers.answerfile import ResponseFile, read_answer
 from fmq.brokers.layout import temporary_name
+from fmq.errors import OVERLOAD_ERRNOS
 
 __all__ = ["OVERLOAD_ERRNOS", "FileSystem", "ResponseFile"]
-
-#: errno values that mean this process is short of descriptors.
-OVERLOAD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE})
 
 
 class FileSystem:

@@ -104,18 +104,19 @@ class KeyTable:
 
     # -- a request's life
 
-    def submit(self, key: str, rid: int) -> list[Action]:
+    def submit(self, key: str, rid: int, same_as_adopted: bool = False) -> list[Action]:
         """
         Request C{rid} comes for C{key}. Idle: written once no answer is
-        left under the key's name. Adopted with no caller: joined, not written.
-        Else: queued.
+        left under the key's name. Adopted with no caller yet, and
+        C{same_as_adopted} (it would write the very same file): joined, not
+        written, even if others wait their turn behind it. Else: queued.
         """
         state = self._keys.get(key)
         if state is None:
             # a late answer may lie there unseen: it goes before the request comes
             self._keys[key] = KeyState(cleaning=(key + RESPONSE,), queue=deque([rid]))
             return [Delete(key)]
-        if state.adopted and not state.queue:
+        if state.adopted and same_as_adopted:
             old, state.rid, state.adopted = state.rid, rid, False
             assert old is not None
             return [Join(old, rid)]

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from twisted.internet.interfaces import IReactorFDSet
 from twisted.python.filepath import FilePath
 
 #: what a watcher calls with the name of a file renamed into, or closed after
@@ -68,7 +69,7 @@ class InotifyWatcher:
     C{OSError} naming the limit, as L{Watcher} promises.
     """
 
-    def __init__(self, reactor: Any, directory: Path, on_file: OnFile) -> None:
+    def __init__(self, reactor: IReactorFDSet, directory: Path, on_file: OnFile) -> None:
         self._reactor = reactor
         self._directory = directory
         self._on_file = on_file
@@ -112,7 +113,7 @@ class InotifyWatcher:
         self._on_file(path.basename().decode("utf-8", "surrogateescape"))
 
 
-def inotify_watcher(reactor: Any) -> WatcherFactory:
+def inotify_watcher(reactor: IReactorFDSet) -> WatcherFactory:
     """
     A factory of L{InotifyWatcher}s on C{reactor}.
     """

@@ -1,7 +1,10 @@
 """
-A stand-in backend for the file broker: answers each C{.req} in a directory.
+A stand-in backend for fmq: answers each C{.req} in a directory, or each
+message on an AMQP request queue.
 
-Run it beside fmq: C{./scripts/backend --dir var/broker --delay 0.5}.
+It reads requests in any of fmq's request formats and answers in any of the
+answer forms (contract section 3c). Run it beside fmq:
+C{./scripts/backend --dir var/broker --delay 0.5}.
 """
 
 from __future__ import annotations
@@ -21,7 +24,23 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from fmq.protocol import (
+    ANSWER_FORMS,
+    REQUEST_FORMATS,
+    BrokerRequest,
+    BrokerResponse,
+    encode_response,
+    parse_request,
+)
+
 log = Logger(namespace="fmq.backend")
+
+
+#: the body template's default: the request line, how often it was
+#: answered, then the request body (nothing for a request without one).
+DEFAULT_BODY = "{method} {path} #{n}\n{body}"
+#: the Content-Type of answers in C{http} form, unless told otherwise.
+DEFAULT_CONTENT_TYPE = "text/plain; charset=utf-8"
 
 
 @attrs.frozen
@@ -30,20 +49,68 @@ class Behaviour:
     How the stand-in backend answers.
 
     @ivar delay: seconds before answering, drawn uniformly from this range.
-    @ivar status: the status line of good answers.
-    @ivar body: a template for the body; C{{method}}, C{{path}} and C{{n}}
-        (how many times this method and path were answered) are filled in.
+    @ivar status: the status of good answers.
+    @ivar body: a template for the body (see L{fill}).
     @ivar malformed: the share of answers that are not in the response format.
     @ivar in_place: the share of answers written in place, in two parts.
     @ivar never: the share of requests never answered.
+    @ivar request_format: how requests are read: one of
+        L{fmq.protocol.REQUEST_FORMATS}, or C{auto} to tell each from its data.
+    @ivar answer_form: one of L{fmq.protocol.ANSWER_FORMS}.
+    @ivar content_type: the C{Content-Type} of answers in C{http} form.
     """
 
     delay: tuple[float, float] = (0.0, 0.0)
     status: int = 200
-    body: str = "{method} {path} #{n}\n"
+    body: str = DEFAULT_BODY
     malformed: float = 0.0
     in_place: float = 0.0
     never: float = 0.0
+    request_format: str = attrs.field(
+        default="auto", validator=attrs.validators.in_(("auto",) + REQUEST_FORMATS)
+    )
+    answer_form: str = attrs.field(default="bare", validator=attrs.validators.in_(ANSWER_FORMS))
+    content_type: str = DEFAULT_CONTENT_TYPE
+
+
+class _HeaderValues(dict[str, str]):
+    """
+    Request header values by lowercase name; a name not sent is C{""}, and
+    a name is found whatever its case.
+    """
+
+    def __missing__(self, name: str) -> str:
+        return self.get(name.lower(), "")
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "surrogateescape")
+
+
+def fill(template: str, request: BrokerRequest, n: int) -> bytes:
+    """
+    The body C{template} says for C{request}.
+
+    The template's fields are C{{method}}, C{{path}} (the target, query
+    included), C{{n}} (how often this method and target have been answered,
+    this time included), C{{body}} (the request body) and C{{header[NAME]}}
+    (the value of the request header C{NAME}, C{""} if not sent). Bytes that
+    are not UTF-8 come back unchanged: C{{body}} alone echoes any body byte
+    for byte.
+
+    @raise KeyError: the template names another field.
+    """
+    headers = _HeaderValues()
+    for name, value in request.headers:
+        headers.setdefault(_text(name).lower(), _text(value))
+    text = template.format(
+        method=_text(request.method),
+        path=_text(request.target),
+        n=n,
+        body=_text(request.body),
+        header=headers,
+    )
+    return text.encode("utf-8", "surrogateescape")
 
 
 class _Answerer:
@@ -51,33 +118,41 @@ class _Answerer:
     What both stand-in backends share: how they answer, and what they count.
 
     @ivar counts: what it did, by kind: seen, answered, malformed, in_place,
-        ignored, withdrawn (gone before its answer was due).
+        ignored, withdrawn (gone before its answer was due), unreadable (not
+        a request in the format it reads; answered 400).
     """
 
     def __init__(self, behaviour: Behaviour, rng: random.Random | None) -> None:
         self._behaviour = behaviour
         self._rng = rng or random.Random()
-        self._answers: Counter[bytes] = Counter()
+        self._answers: Counter[tuple[bytes, bytes]] = Counter()
         self.counts: Counter[str] = Counter()
 
-    def render(self, line: bytes) -> bytes:
+    def render(self, data: bytes) -> bytes:
         """
-        The answer to the request C{line}, in the response format (C{{n}}
-        counts how often this line was answered), or malformed at the
-        C{malformed} rate.
+        The answer to the request C{data} (a request file or message), in
+        the answer form, or malformed at the C{malformed} rate. A request it
+        cannot read is answered 400, the reason in the body.
         """
-        self._answers[line] += 1
         behaviour = self._behaviour
         if self._rng.random() < behaviour.malformed:
             self.counts["malformed"] += 1
             return b"not a status\n"
-        method, _, path = line.rstrip(b"\n").partition(b" ")
-        body = behaviour.body.format(
-            method=method.decode("utf-8", "replace"),
-            path=path.decode("utf-8", "replace"),
-            n=self._answers[line],
-        )
-        return b"%d\n" % behaviour.status + body.encode()
+        form = behaviour.request_format
+        try:
+            request = parse_request(data, None if form == "auto" else form)
+        except ValueError as e:
+            self.counts["unreadable"] += 1
+            log.warn("cannot read a request: {error}", error=str(e))
+            response = BrokerResponse(400, f"cannot read the request: {e}\n".encode())
+        else:
+            self._answers[request.method, request.target] += 1
+            n = self._answers[request.method, request.target]
+            response = BrokerResponse(behaviour.status, fill(behaviour.body, request, n))
+        if behaviour.answer_form == "http":
+            content_type = behaviour.content_type.encode("latin-1")
+            response = attrs.evolve(response, headers=((b"Content-Type", content_type),))
+        return encode_response(response, behaviour.answer_form)
 
     def summary(self) -> str:
         """
@@ -233,7 +308,7 @@ class DirectoryBackend(_Answerer):
                 continue
             key = name[:-4]
             try:
-                line = (self.directory / name).read_bytes()
+                data = (self.directory / name).read_bytes()
             except FileNotFoundError:
                 continue
             self.counts["seen"] += 1
@@ -242,16 +317,16 @@ class DirectoryBackend(_Answerer):
                 self.counts["ignored"] += 1
                 continue
             self._state[key] = "pending"
-            self.take(key, line)
+            self.take(key, data)
 
-    def take(self, key: str, line: bytes) -> None:
+    def take(self, key: str, data: bytes) -> None:
         """
         Answer a new request after the delay.
         """
         low, high = self._behaviour.delay
-        self._clock.callLater(self._rng.uniform(low, high), self.answer, key, line)
+        self._clock.callLater(self._rng.uniform(low, high), self.answer, key, data)
 
-    def answer(self, key: str, line: bytes) -> None:
+    def answer(self, key: str, data: bytes) -> None:
         """
         Write the answer to one request, unless it was withdrawn meanwhile.
         """
@@ -261,15 +336,15 @@ class DirectoryBackend(_Answerer):
             return
         self._state[key] = "answered"
         behaviour = self._behaviour
-        data = self.render(line)
+        answer = self.render(data)
         target = self.directory / f"{key}.resp"
         try:
             if self._rng.random() < behaviour.in_place:
                 self.counts["in_place"] += 1
-                self._write_in_place(target, data)
+                self._write_in_place(target, answer)
             else:
                 temp = self.directory / f".backend-{key}.tmp"
-                temp.write_bytes(data)
+                temp.write_bytes(answer)
                 os.rename(temp, target)
         except OSError as e:
             del self._state[key]
@@ -295,9 +370,11 @@ def _delay(text: str) -> tuple[float, float]:
     return float(low), float(high or low)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Behaviour]:
     """
-    C{fmq-backend}: answer the requests in a directory until interrupted.
+    The command line of C{fmq-backend}, and the behaviour it asks for.
+
+    @raise SystemExit: the command line is wrong (argparse's message said why).
     """
     parser = argparse.ArgumentParser(prog="fmq-backend", description=__doc__)
     parser.add_argument(
@@ -315,8 +392,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--status", type=int, default=200)
     parser.add_argument(
         "--body",
-        default=attrs.fields(Behaviour).body.default,
-        help="body template with {method}, {path}, {n} (default: %(default)r)",
+        default=DEFAULT_BODY,
+        help="body template with {method}, {path} (the target), {n} (how often this "
+        "method and target were answered), {body} (the request body, byte for byte: "
+        "--body '{body}' echoes it) and {header[NAME]} (a request header's value, "
+        "with --request-format http or json) (default: %(default)r)",
+    )
+    parser.add_argument(
+        "--request-format",
+        choices=("auto",) + REQUEST_FORMATS,
+        default="auto",
+        help="how fmq writes requests ([broker] request_format); auto tells each "
+        "request's format from its first bytes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--answer-form",
+        choices=ANSWER_FORMS,
+        default="bare",
+        help="bare: '200' then the body; reason: '200 OK' then the body; http: "
+        "'HTTP/1.1 200 OK', a Content-Type and a Content-Length, then the body "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--content-type",
+        default=DEFAULT_CONTENT_TYPE,
+        help="with --answer-form http (default: %(default)r)",
     )
     parser.add_argument("--malformed", type=float, default=0.0, help="share of malformed answers")
     parser.add_argument(
@@ -339,6 +439,28 @@ def main(argv: list[str] | None = None) -> int:
         help="with --broker amqp: the request queue (default: %(default)s)",
     )
     args = parser.parse_args(argv)
+    try:
+        fill(args.body, BrokerRequest.of(b"GET", b"/"), 1)
+    except (KeyError, IndexError, ValueError, AttributeError) as e:
+        parser.error(f"--body {args.body!r}: {type(e).__name__} {e}")
+    return args, Behaviour(
+        args.delay,
+        args.status,
+        args.body,
+        args.malformed,
+        args.in_place,
+        args.never,
+        args.request_format,
+        args.answer_form,
+        args.content_type,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    C{fmq-backend}: answer the requests in a directory until interrupted.
+    """
+    args, behaviour = parse(argv)
 
     from twisted.internet import reactor as _reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
@@ -346,9 +468,6 @@ def main(argv: list[str] | None = None) -> int:
     reactor: Any = _reactor
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
-    behaviour = Behaviour(
-        args.delay, args.status, args.body, args.malformed, args.in_place, args.never
-    )
     backend: DirectoryBackend | AmqpBackend
     if args.broker == "amqp":
         amqp_backend = backend = AmqpBackend(reactor, args.url, args.queue, behaviour)

@@ -48,7 +48,7 @@ from typing import Any
 
 import psutil
 
-from fmq.tools.loadtest import Sampler, call, raise_own_limit, step
+from fmq.tools.loadtest import Call, Sampler, Shape, call, raise_own_limit, step
 
 WRK_SCRIPT = """
 counter = 0
@@ -286,7 +286,13 @@ def burst_args(port: int, admin: int, keys: int, batch: int) -> argparse.Namespa
     The arguments L{fmq.tools.loadtest.step} wants, for a burst of C{keys} x C{batch}.
     """
     return argparse.Namespace(
-        host="127.0.0.1", port=port, admin_port=admin, keys=keys, batch=batch, timeout=120.0
+        host="127.0.0.1",
+        port=port,
+        admin_port=admin,
+        keys=keys,
+        batch=batch,
+        timeout=120.0,
+        shape=Shape(),
     )
 
 
@@ -345,13 +351,12 @@ async def _added_latency(port: int, directory: Path, count: int, jitter: float) 
     one request at a time, the bench playing the backend.
     """
     from fmq.protocol import broker_key
-    from fmq.tools.loadtest import call
 
     added = []
     for n in range(count):
         target = f"/latency{n}"
         request = directory / f"{broker_key(b'GET', target.encode())}.req"
-        caller = asyncio.ensure_future(call("127.0.0.1", port, target, 30.0))
+        caller = asyncio.ensure_future(call("127.0.0.1", port, Call("GET", target), 30.0))
         while not request.exists():
             await asyncio.sleep(0.0005)
         if jitter:  # a backend's answer comes at any moment, not in step with fmq's scans
@@ -575,6 +580,7 @@ def fleet(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                     keys=50,
                     batch=100,
                     timeout=120.0,
+                    shape=Shape(),
                 )
             time.sleep(2)
             sampler = Sampler(None)
@@ -634,7 +640,7 @@ async def _follower_extra(
         target = f"/probe{n}?t={time.time_ns()}"
 
         async def timed(where: tuple[str, int], target: str = target) -> tuple[float, bytes]:
-            outcome = await call(where[0], where[1], target, 30.0)
+            outcome = await call(where[0], where[1], Call("GET", target), 30.0)
             return time.monotonic(), outcome.body
 
         first = asyncio.ensure_future(timed(holder))

@@ -5,9 +5,13 @@ every answer, and sample the service's threads and memory as the load grows.
 It sends keys x batch x rounds requests (20,000 by default), the rounds shared
 among the steps of callers at once. Every request goes to C{/k<key>?r=<round>}:
 the callers of one key and round are identical and should collapse into one
-broker request. The stand-in
-backend (C{fmq-backend}) answers C{GET <path> #<n>}; an answer whose path is
-not the caller's own is counted as an error.
+broker request. The stand-in backend (C{fmq-backend}) answers C{GET <path> #<n>};
+an answer whose path is not the caller's own is counted as an error.
+
+With C{--method POST --body-bytes 512} each caller sends a body of its own
+(beginning C{#<caller>}), and the answer must end with that very body, as the
+stand-in backend's default answer does. C{--header} adds headers, in which
+C{{n}} is the caller's number (unique in the run) and C{{key}} the key's.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import resource
 import statistics
 import sys
@@ -39,15 +44,99 @@ class Outcome:
     error: str = ""
 
 
-async def call(host: str, port: int, target: str, timeout: float) -> Outcome:
+#: the methods it sends.
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+@attrs.frozen
+class Call:
     """
-    One GET over its own connection, read to the end.
+    One caller's request.
+
+    @ivar headers: C{(name, value)} pairs, sent in order after C{Host}.
+    """
+
+    method: str
+    target: str
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+    def encode(self, host: str) -> bytes:
+        """
+        The request as sent, on a connection of its own. A C{GET} without a
+        body has no C{Content-Length}; any other request has one.
+        """
+        lines = [f"{self.method} {self.target} HTTP/1.1", f"Host: {host}", "Connection: close"]
+        lines.extend(f"{name}: {value}" for name, value in self.headers)
+        if self.body or self.method != "GET":
+            lines.append(f"Content-Length: {len(self.body)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8") + self.body
+
+
+@attrs.frozen
+class Shape:
+    """
+    What every caller sends, but for its target: the method, header
+    templates and the size of its body.
+
+    @ivar headers: C{(name, template)} pairs; C{{n}} in a template is the
+        caller's number, C{{key}} the key's.
+    @ivar body_bytes: the size of each caller's body; 0 for none.
+    """
+
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    body_bytes: int = 0
+
+    def call(self, target: str, key: int, n: int) -> Call:
+        """
+        The request of caller C{n}, one of the callers of C{key}, to C{target}.
+        """
+        return Call(
+            self.method,
+            target,
+            tuple((name, value.format(n=n, key=key)) for name, value in self.headers),
+            body_of(n, self.body_bytes),
+        )
+
+
+def body_of(n: int, size: int) -> bytes:
+    """
+    Caller C{n}'s body of C{size} bytes: C{#<n> } then C{x} to fill it, so
+    no two callers' bodies are alike when C{size} holds the number.
+    """
+    return (f"#{n} ".encode() + b"x" * size)[:size]
+
+
+def header_of(text: str) -> tuple[str, str]:
+    """
+    C{Name: value} from the command line, as a pair; the value may hold
+    C{{n}} and C{{key}}.
+
+    @raise argparse.ArgumentTypeError: it is not such a header.
+    """
+    name, colon, value = text.partition(":")
+    if not (colon and _TOKEN.fullmatch(name)):
+        raise argparse.ArgumentTypeError(f"not a header 'Name: value': {text!r}")
+    try:
+        value.format(n=0, key=0)
+    except (KeyError, IndexError, ValueError, AttributeError) as e:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: only {{n}} and {{key}} may be filled in ({type(e).__name__} {e})"
+        ) from None
+    return name, value.strip()
+
+
+async def call(host: str, port: int, request: Call, timeout: float) -> Outcome:
+    """
+    One request over its own connection, read to the end.
     """
     started = time.monotonic()
     writer = None
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-        writer.write(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        writer.write(request.encode(host))
         data = await asyncio.wait_for(reader.read(), timeout)
     except (TimeoutError, OSError) as e:
         return Outcome(0, b"", time.monotonic() - started, type(e).__name__)
@@ -83,7 +172,7 @@ async def metrics_of(host: str, port: int) -> dict[str, float]:
     """
     fmq's own metrics, C{name{labels} -> value}, from its admin port.
     """
-    outcome = await call(host, port, "/metrics", 10.0)
+    outcome = await call(host, port, Call("GET", "/metrics"), 10.0)
     values = {}
     for line in outcome.body.decode().splitlines():
         if line and not line.startswith("#"):
@@ -157,14 +246,18 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-def check(target: str, outcome: Outcome) -> str:
+def check(request: Call, outcome: Outcome) -> str:
     """
-    What is wrong with C{outcome} as the answer to C{target}, or C{""}.
+    What is wrong with C{outcome} as the answer to C{request}, or C{""}: it
+    must be a 200 beginning with the request's method and target, and end
+    with the request's body, if it had one.
     """
     if outcome.status != 200:
         return outcome.error or f"status {outcome.status}"
-    if not outcome.body.startswith(f"GET {target} ".encode()):
+    if not outcome.body.startswith(f"{request.method} {request.target} ".encode()):
         return "another key's answer"
+    if not outcome.body.endswith(request.body):
+        return "not its own body"
     return ""
 
 
@@ -186,20 +279,19 @@ async def step(
     errors: dict[str, int] = {}
     peak = {"threads": 0.0, "rss_mb": 0.0, "fds": 0.0}
 
-    async def one(target: str) -> None:
+    async def one(request: Call) -> None:
         async with gate:
             host, port = next(targets_cycle)
-            outcome = await call(host, port, target, args.timeout)
+            outcome = await call(host, port, request, args.timeout)
         latencies.append(outcome.seconds)
-        problem = check(target, outcome)
+        problem = check(request, outcome)
         if problem:
             errors[problem] = errors.get(problem, 0) + 1
 
     started = time.monotonic()
     watcher = asyncio.ensure_future(_watch(sampler, peak))
     for r in rounds:
-        targets = [f"/k{k}?r={r}" for k in range(args.keys) for _ in range(args.batch)]
-        await asyncio.gather(*(one(t) for t in targets))
+        await asyncio.gather(*(one(c) for c in round_calls(args.shape, args.keys, args.batch, r)))
     wall = time.monotonic() - started
     watcher.cancel()
     after = await fleet_metrics(admins)
@@ -225,6 +317,18 @@ async def step(
     }
 
 
+def round_calls(shape: Shape, keys: int, batch: int, r: int) -> list[Call]:
+    """
+    The requests of round C{r}: C{batch} callers for each of C{keys} keys,
+    to C{/k<key>?r=<r>}, each caller numbered apart from every other of the run.
+    """
+    return [
+        shape.call(f"/k{k}?r={r}", k, (r * keys + k) * batch + b)
+        for k in range(keys)
+        for b in range(batch)
+    ]
+
+
 async def _watch(sampler: Sampler, peak: dict[str, float]) -> None:
     while True:
         sample = sampler.sample()
@@ -239,8 +343,10 @@ async def hold(args: argparse.Namespace, sampler: Sampler) -> dict[str, Any]:
     service at idle, at the peak, and after the answers.
     """
     idle = sampler.sample("idle")
-    targets = [f"/k{n % args.keys}?hold=1" for n in range(args.hold)]
-    tasks = [asyncio.ensure_future(call(args.host, args.port, t, args.timeout)) for t in targets]
+    requests = [
+        args.shape.call(f"/k{n % args.keys}?hold=1", n % args.keys, n) for n in range(args.hold)
+    ]
+    tasks = [asyncio.ensure_future(call(args.host, args.port, c, args.timeout)) for c in requests]
     peak: dict[str, Any] = {}
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
@@ -254,7 +360,7 @@ async def hold(args: argparse.Namespace, sampler: Sampler) -> dict[str, Any]:
     outcomes = await asyncio.gather(*tasks)
     await asyncio.sleep(1.0)
     after = sampler.sample("after")
-    problems = [check(t, o) for t, o in zip(targets, outcomes)]
+    problems = [check(c, o) for c, o in zip(requests, outcomes)]
     return {
         "callers": args.hold,
         "keys": args.keys,
@@ -360,6 +466,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="instead: keep this many callers waiting at once, then report",
     )
+    parser.add_argument("--method", choices=METHODS, default="GET")
+    parser.add_argument(
+        "--body-bytes",
+        type=int,
+        default=0,
+        help="send each caller's own body of this size, '#<caller> xxx...' (not with "
+        "GET); every answer must end with it, as the stand-in backend's answers do "
+        "(default: none)",
+    )
+    parser.add_argument(
+        "--header",
+        type=header_of,
+        action="append",
+        default=[],
+        help="a header to send, e.g. 'Authorization: Bearer {n}': {n} is the caller's "
+        "number, unique in the run, {key} the key's, shared by its batch; repeatable",
+    )
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--report", type=Path, default=Path("loadtest.json"))
     parser.add_argument("--chart", type=Path, default=Path("loadtest.png"))
@@ -369,6 +492,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.admins = endpoints(args.admin_targets)
     else:
         args.admins = [(args.host, args.admin_port)] if args.admin_port else []
+    if args.body_bytes < 0:
+        parser.error("--body-bytes must not be negative")
+    if args.body_bytes and args.method == "GET":
+        # fmq collapses GETs whatever their bodies: callers could not each get their own
+        parser.error("--body-bytes needs a --method other than GET")
+    args.shape = Shape(args.method, tuple(args.header), args.body_bytes)
     return args
 
 
