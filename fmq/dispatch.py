@@ -125,7 +125,8 @@ class Dispatcher:
         @param request_format: how broker requests are written, one of
             L{fmq.protocol.REQUEST_FORMATS}.
         @param fleet: where a new group's broker request is shared with the
-            other instances of a fleet; C{None} (the default) for none.
+            other instances of a fleet; C{None} (the default) for none. An
+            L{Alone} caller's request never goes through it.
         """
         self._broker = broker
         self._clock = clock
@@ -186,7 +187,8 @@ class Dispatcher:
         self._groups[key] = group
         joined = self._join(key, group)
         # The caller is in the group before the broker can answer, even at once.
-        if self._fleet is None:
+        if self._fleet is None or isinstance(key, Alone):
+            # Nobody, in this fleet or any, can share an Alone caller's request.
             self.broker_requests += 1
             submitted = self._submit(group.request)
         else:

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
 from zope.interface.verify import verifyObject
 
 from fmq.dispatch import Dispatcher
@@ -27,7 +28,7 @@ from fmq.fleet import (
     registry_name,
 )
 from fmq.interfaces import IRegistry
-from fmq.keys import CallerRequest, method_and_path
+from fmq.keys import CallerRequest, CollapseKey, method_and_path, reads_per_credentials
 from fmq.protocol import BrokerResponse
 from fmq.testing import MemoryBroker, MemoryRegistry
 
@@ -146,7 +147,11 @@ class FleetTests(SynchronousTestCase):
         self.instances: list[Instance] = []
 
     def instance(
-        self, space: str = "space", max_answer_bytes: int = 1 << 20, ttl: float = 300.0
+        self,
+        space: str = "space",
+        max_answer_bytes: int = 1 << 20,
+        ttl: float = 300.0,
+        collapse_key: CollapseKey = method_and_path,
     ) -> Instance:
         registry = self.registry.sibling()
         broker = MemoryBroker(self.clock, request_ttl=ttl)
@@ -160,7 +165,7 @@ class FleetTests(SynchronousTestCase):
             ttl,
             max_answer_bytes,
         )
-        dispatcher = Dispatcher(broker, self.clock, TIMEOUT, method_and_path, fleet=fleet)
+        dispatcher = Dispatcher(broker, self.clock, TIMEOUT, collapse_key, fleet=fleet)
         instance = Instance(broker, registry, fleet, dispatcher)
         self.instances.append(instance)
         return instance
@@ -369,6 +374,49 @@ class FleetTests(SynchronousTestCase):
         self.call(a)
         self.assertEqual(len(a.broker.sent), 1)
         self.assertEqual(a.fleet.local, 1)
+
+    def test_alone_never_in_registry(self) -> None:
+        """
+        A caller whose key is L{Alone} (a C{POST} under the default key) has
+        its own broker request at once, even with the registry silent; the
+        registry never hears of it, it is no fleet group, and it is
+        withdrawn as soon as its caller leaves.
+        """
+        a, b = (self.instance(collapse_key=reads_per_credentials) for _ in range(2))
+        for instance in [a, b]:
+            instance.registry.hang = True
+        posts = [i.dispatcher.handle(CallerRequest(b"POST", b"/same", body=b"x")) for i in [a, b]]
+        self.assertEqual([len(a.broker.sent), len(b.broker.sent)], [1, 1])
+        self.assertEqual(self.registry._store.leases, {})
+        self.assertEqual(self.registry._store.channels, {})
+        self.assertEqual(self.registry.published, [])
+        self.assertEqual([i.fleet.local + i.fleet.led + i.fleet.followed for i in [a, b]], [0, 0])
+        posts[0].cancel()
+        self.failureResultOf(posts[0])
+        self.assertEqual(a.broker.outstanding(), [])
+        b.broker.respond(b.broker.outstanding()[0], b"200\nposted")
+        self.assertEqual(self.successResultOf(posts[1]).body, b"posted")
+
+    def test_default_key_reads(self) -> None:
+        """
+        Under the default key, identical reads with the same credentials
+        collapse across the fleet; other credentials make their own request.
+        """
+        a, b = (self.instance(collapse_key=reads_per_credentials) for _ in range(2))
+
+        def get(instance: Instance, cookie: bytes):
+            headers = Headers({b"Cookie": [cookie]})
+            return instance.dispatcher.handle(CallerRequest(b"GET", b"/same", headers))
+
+        mine = [get(a, b"u=1"), get(b, b"u=1")]
+        theirs = get(b, b"u=2")
+        self.assertEqual(self.sent(), 2)
+        for instance in [a, b]:
+            for request in instance.broker.outstanding():
+                cookie = dict(request.headers)[b"Cookie"]
+                instance.broker.respond(request, b"200\nfor " + cookie)
+        self.assertEqual([self.successResultOf(d).body for d in mine], [b"for u=1"] * 2)
+        self.assertEqual(self.successResultOf(theirs).body, b"for u=2")
 
     def test_follower_times_out(self) -> None:
         """
