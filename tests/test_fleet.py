@@ -108,8 +108,7 @@ class MessageTests(SynchronousTestCase):
             for field in attrs.fields(BrokerResponse)
             if field.default is not attrs.NOTHING
         }
-        if "headers" in values:
-            values["headers"] = ((b"Content-Type", b"text/plain"), (b"X-A", b"\xff"))
+        values["headers"] = ((b"Content-Type", b"text/plain"), (b"X-A", b"\xff"))
         response = BrokerResponse(**{**values, "status": 201, "body": b"\x00\n\xffbody"})
         self.assertEqual(decode_message(encode_answer(response)), response)
 
@@ -417,6 +416,32 @@ class FleetTests(SynchronousTestCase):
                 instance.broker.respond(request, b"200\nfor " + cookie)
         self.assertEqual([self.successResultOf(d).body for d in mine], [b"for u=1"] * 2)
         self.assertEqual(self.successResultOf(theirs).body, b"for u=2")
+
+    def test_headers_cross(self) -> None:
+        """
+        A follower's callers get the holder's answer with its headers, in
+        their order, as the holder's callers do.
+        """
+        a, b = self.instance(), self.instance()
+        first, second = self.call(a), self.call(b)
+        self.assertEqual(b.fleet.followed, 1)
+        a.broker.respond(
+            a.broker.outstanding()[0],
+            b"HTTP/1.1 201 Created\r\nContent-Type: text/x-fleet\r\nSet-Cookie: a=1\r\n"
+            b"Set-Cookie: b=\xff\r\nConnection: close\r\n\r\nbody",
+        )
+        expected = BrokerResponse(
+            201,
+            b"body",
+            (
+                (b"Content-Type", b"text/x-fleet"),
+                (b"Set-Cookie", b"a=1"),
+                (b"Set-Cookie", b"b=\xff"),
+            ),
+        )
+        self.assertEqual(self.successResultOf(first), expected)
+        self.assertEqual(self.successResultOf(second), expected)
+        self.assertEqual(self.sent(), 1)
 
     def test_follower_times_out(self) -> None:
         """

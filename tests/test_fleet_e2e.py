@@ -21,6 +21,7 @@ import time
 import pytest
 import pytest_twisted
 import treq
+from twisted.internet.defer import gatherResults, succeed
 
 from tests.e2e import answers, eventually, free_port, sleep
 from tests.test_amqp_e2e import amqp, amqp_backend, queue  # noqa: F401 (fixtures)
@@ -133,10 +134,10 @@ async def settled(backend, count: int, what: str) -> None:
 async def test_three_instances_one_broker_request(fleet, amqp_backend) -> None:  # noqa: F811
     """
     300 identical callers spread over three instances make one broker request,
-    and every caller gets its answer; the next batch makes a new one.
+    and every caller gets its answer, headers too; the next batch makes a new one.
     """
     instances = [await fleet() for _ in range(3)]
-    backend = await amqp_backend(body="batch {n}")
+    backend = await amqp_backend(body="batch {n}", answer_form="http", content_type="text/x-fleet")
     for instance in instances:
         assert (await instance.health())["fleet"] == "ok"
     for batch, per_instance in [(1, 100), (2, 10)]:
@@ -145,7 +146,11 @@ async def test_three_instances_one_broker_request(fleet, amqp_backend) -> None: 
             await instance.waiting(per_instance)
         await settled(backend, batch, f"the broker request of batch {batch}")
         backend.release(hold_again=True)
-        assert await answers(calls) == [(200, b"batch %d" % batch)] * (3 * per_instance)
+        responses = await gatherResults(calls)
+        kinds = {tuple(r.headers.getRawHeaders(b"content-type", [])) for r in responses}
+        assert kinds == {(b"text/x-fleet",)}
+        expected = [(200, b"batch %d" % batch)] * (3 * per_instance)
+        assert await answers([succeed(r) for r in responses]) == expected
     assert backend.taken == [b"GET /same?x=1\n"] * 2
     requests = [await metric(i, "fmq_broker_requests_total") for i in instances]
     assert sum(requests) == 2
