@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from fmq.interfaces import IRegistry
-from fmq.settings import mask_password
+from fmq.settings import Settings, mask_password
 
 #: renew the lease if the token still holds it
 RENEW = b"""
@@ -322,7 +322,7 @@ class RedisRegistry(Service):
             receiver(message)
 
 
-def fleet_identity(settings: Any) -> dict[str, str]:
+def fleet_identity(settings: Settings) -> dict[str, str]:
     """
     The settings that change an answer, from which the fleet's namespace is
     made (L{fmq.fleet.namespace}): instances that differ in any never share.
@@ -337,14 +337,14 @@ def fleet_identity(settings: Any) -> dict[str, str]:
         where = ""
     return {
         "collapse_key": settings.service.collapse_key,
-        "request_format": str(getattr(broker, "request_format", "line")),
+        "request_format": broker.request_format,
         "broker": broker.type,
         "where": where,
         "mode": settings.service.mode,
     }
 
 
-def make_fleet(settings: Any, reactor: Any) -> tuple[Any, RedisRegistry] | None:
+def make_fleet(settings: Settings, reactor: Any) -> tuple[Any, RedisRegistry] | None:
     """
     The fleet and its registry for C{settings}, or C{None} when C{[fleet]
     registry} is empty or the mode is naive (nothing to collapse).

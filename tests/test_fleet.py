@@ -511,7 +511,8 @@ class SettingsTests(SynchronousTestCase):
 
     def test_namespace_from_settings(self) -> None:
         """
-        The request queue and the collapse key are part of the namespace.
+        The request queue, the collapse key and the request format are part
+        of the namespace.
         """
         from fmq.registry import fleet_identity
         from fmq.settings import DictSource, load_settings
@@ -529,3 +530,4 @@ class SettingsTests(SynchronousTestCase):
                 service={"collapse_key": "fmq.keys.method_and_path_without_query"},
             ),
         )
+        self.assertNotEqual(base, space(broker={"type": "amqp", "request_format": "http"}))
