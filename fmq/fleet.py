@@ -34,6 +34,28 @@ from fmq.errors import BrokerFailed, BrokerRequestFailed, RequestExpired
 from fmq.interfaces import IRegistry
 from fmq.protocol import BrokerRequest, BrokerResponse
 
+__all__ = [
+    "CLAIM",
+    "LOCAL",
+    "MAX_SHARED_BYTES",
+    "SHARED_ERRORS",
+    "VERSION",
+    "Fleet",
+    "Message",
+    "Submit",
+    "Unencodable",
+    "canonical",
+    "channel_name",
+    "decode_message",
+    "encode_answer",
+    "encode_error",
+    "encode_next",
+    "lease_name",
+    "message_for",
+    "namespace",
+    "registry_name",
+]
+
 #: bumped whenever the names, the lease protocol or the messages change, so
 #: that instances of different versions never share answers.
 VERSION = b"fmq-fleet-1"
@@ -108,10 +130,16 @@ def registry_name(space: str, key: Hashable) -> str | None:
 
 
 def lease_name(name: str) -> str:
+    """
+    The name of the lease on registry name C{name}.
+    """
     return name + ":lease"
 
 
 def channel_name(name: str) -> str:
+    """
+    The channel on which the answers for registry name C{name} are published.
+    """
     return name + ":answer"
 
 
@@ -174,10 +202,16 @@ def encode_answer(response: BrokerResponse) -> bytes:
 
 
 def encode_error(kind: str) -> bytes:
+    """
+    The message that gives every follower's callers the error of C{kind}.
+    """
     return _MAGIC + json.dumps({"error": kind}).encode() + b"\n"
 
 
 def encode_next(what: str) -> bytes:
+    """
+    The message that tells followers what to do next (L{CLAIM}, L{LOCAL}).
+    """
     return _MAGIC + json.dumps({"next": what}).encode() + b"\n"
 
 

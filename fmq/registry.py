@@ -26,6 +26,8 @@ from zope.interface import implementer
 from fmq.interfaces import IRegistry
 from fmq.settings import Settings, mask_password
 
+__all__ = ["RELEASE", "RENEW", "RedisAddress", "RedisRegistry", "fleet_identity", "make_fleet"]
+
 #: renew the lease if the token still holds it
 RENEW = b"""
 if redis.call("get", KEYS[1]) == ARGV[1] then

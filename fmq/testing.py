@@ -16,7 +16,7 @@ from fmq.errors import BrokerUnavailable, RequestExpired, ShuttingDown, Withdraw
 from fmq.interfaces import IBroker, IRegistry
 from fmq.protocol import BrokerRequest, BrokerResponse, parse_response
 
-__all__ = ["MemoryBroker"]
+__all__ = ["MemoryBroker", "MemoryRegistry", "RegistryDown"]
 
 
 @attrs.define(eq=False)
