@@ -19,6 +19,14 @@ setup(
         "psutil>=5.9; platform_python_implementation != 'PyPy'",
         "psutil>=5.9,<=7.1.2; platform_python_implementation == 'PyPy'",
         "pika>=1.3",
+        # [fleet] registry: Redis. txredisapi requires Twisted's TLS extra,
+        # which cannot be built on PyPy 3.9 (cryptography 45+ needs Rust);
+        # there scripts/_venv.sh installs it with --no-deps, and these, from
+        # wheels, are what its import of twisted.internet.ssl needs.
+        "txredisapi>=1.4.10; platform_python_implementation != 'PyPy'",
+        "pyOpenSSL>=24,<25; platform_python_implementation == 'PyPy'",
+        "cryptography>=42,<44; platform_python_implementation == 'PyPy'",
+        "service_identity>=18.1; platform_python_implementation == 'PyPy'",
     ],
     entry_points={
         "console_scripts": [

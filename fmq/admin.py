@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from klein import Klein
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -33,6 +34,8 @@ class Admin:
     """
 
     app = Klein()
+    #: the fleet (L{fmq.fleet.Fleet}), if C{[fleet] registry} is set
+    fleet: Any = None
 
     def __init__(
         self,
@@ -74,6 +77,7 @@ class Admin:
             "status": "ok" if available else "unavailable",
             "broker": broker,
             "mode": self._dispatcher.mode,
+            "fleet": "off" if self.fleet is None else self.fleet.state,
             "callers_waiting": self._dispatcher.callers_waiting,
             "uptime": round(self._clock.seconds() - self._started, 3),
         }

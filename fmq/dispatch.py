@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Hashable
 from itertools import islice
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 from twisted.internet.defer import Deferred, fail
@@ -31,6 +31,9 @@ from fmq.interfaces import IBroker
 from fmq.keys import Alone, CallerRequest, CollapseKey
 from fmq.logs import debugging
 from fmq.protocol import BrokerRequest, BrokerResponse, passed_headers
+
+if TYPE_CHECKING:
+    from fmq.fleet import Fleet
 
 
 class Observer(Protocol):
@@ -111,6 +114,7 @@ class Dispatcher:
         max_waiting: int = 0,
         observer: Observer | None = None,
         request_format: str = "line",
+        fleet: Fleet | None = None,
     ) -> None:
         """
         @param collapse_key: which callers share a broker request; C{None}
@@ -120,6 +124,9 @@ class Dispatcher:
             L{OverCapacity} at once; 0 for no limit.
         @param request_format: how broker requests are written, one of
             L{fmq.protocol.REQUEST_FORMATS}.
+        @param fleet: where a new group's broker request is shared with the
+            other instances of a fleet; C{None} (the default) for none. An
+            L{Alone} caller's request never goes through it.
         """
         self._broker = broker
         self._clock = clock
@@ -128,6 +135,7 @@ class Dispatcher:
         self._max_waiting = max_waiting
         self._format = request_format
         self._observer: Observer = observer if observer is not None else _Unobserved()
+        self._fleet = fleet
         self._groups: dict[Hashable, _Group] = {}
         self._closed = False
         self.requests = 0
@@ -179,9 +187,18 @@ class Dispatcher:
         self._groups[key] = group
         joined = self._join(key, group)
         # The caller is in the group before the broker can answer, even at once.
-        self.broker_requests += 1
-        self._submit(group.request).addBoth(self._finish, key, group)
+        if self._fleet is None or isinstance(key, Alone):
+            # Nobody, in this fleet or any, can share an Alone caller's request.
+            self.broker_requests += 1
+            submitted = self._submit(group.request)
+        else:
+            submitted = self._fleet.run(key, group.request, self._submit_counted)
+        submitted.addBoth(self._finish, key, group)
         return joined
+
+    def _submit_counted(self, request: BrokerRequest) -> Deferred[BrokerResponse]:
+        self.broker_requests += 1
+        return self._submit(request)
 
     def refuse(self, error: BrokerRequestFailed) -> Deferred[BrokerResponse]:
         """

@@ -1,5 +1,6 @@
 """
-The seams users replace: the broker and the settings source.
+The seams users replace: the broker, the settings source and the fleet's
+registry.
 
 The collapse key, a single function, is a typed callable instead
 (L{fmq.keys.CollapseKey}).
@@ -13,7 +14,7 @@ from twisted.application.service import IService
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from pathlib import Path
     from typing import Any
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
     from fmq.protocol import BrokerRequest, BrokerResponse
 
-__all__ = ["IBroker", "ISettingsSource"]
+__all__ = ["IBroker", "IRegistry", "ISettingsSource"]
 
 
 class IBroker(IService):
@@ -104,4 +105,67 @@ class ISettingsSource(Interface):
     def base_directory() -> Path:
         """
         @return: the folder that relative paths are relative to.
+        """
+
+
+class IRegistry(IService):
+    """
+    Where fmq instances meet to collapse across a fleet (C{[fleet] registry}):
+    short leases on names and answer channels, as Redis offers them.
+
+    Every method but L{unsubscribe} and L{watch} returns a Deferred that fails
+    while the registry cannot be reached. Names and channels are those
+    L{fmq.fleet} makes (C{fmq:<namespace>:...}); messages are bytes, carried
+    byte for byte. The contract suite is C{tests/test_registry_contract.py}.
+    """
+
+    available = Attribute("C{True} while the registry can be reached.")
+
+    def watch(callback: Callable[[bool], None]) -> None:
+        """
+        Call C{callback(available)} at every change of L{available}.
+        """
+
+    def claim(name: str, token: str, milliseconds: int) -> Deferred[bool]:
+        """
+        Take the lease C{name} for C{token} for C{milliseconds} if nobody
+        holds it (C{SET NX PX}).
+
+        @return: a Deferred that fires with C{True} if the lease is now
+            C{token}'s, C{False} if another holds it.
+        """
+
+    def renew(name: str, token: str, milliseconds: int) -> Deferred[bool]:
+        """
+        Extend the lease C{name} to C{milliseconds} from now, if C{token}
+        still holds it.
+
+        @return: a Deferred that fires with C{True} if it did.
+        """
+
+    def release(name: str, token: str) -> Deferred[bool]:
+        """
+        Give up the lease C{name} if C{token} still holds it.
+
+        @return: a Deferred that fires with C{True} if it did.
+        """
+
+    def publish(channel: str, message: bytes) -> Deferred[None]:
+        """
+        Send C{message} to whoever is subscribed to C{channel} now.
+
+        @return: a Deferred that fires once the registry has taken it.
+        """
+
+    def subscribe(channel: str, receiver: Callable[[bytes], None]) -> Deferred[None]:
+        """
+        Call C{receiver(message)} for every message published on C{channel}
+        from when the returned Deferred fires until L{unsubscribe}.
+
+        @return: a Deferred that fires once the subscription is in place.
+        """
+
+    def unsubscribe(channel: str, receiver: Callable[[bytes], None]) -> None:
+        """
+        Stop calling C{receiver} for C{channel}; unknown ones are ignored.
         """

@@ -6,6 +6,7 @@ when scraped, so counting costs the hot path nothing but integer additions.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
@@ -64,6 +65,12 @@ class Metrics:
         Export the counters and gauges of C{dispatcher} and C{broker}.
         """
         self.registry.register(_StateCollector(dispatcher, broker))
+
+    def watch_fleet(self, fleet: Any) -> None:
+        """
+        Export the state and counters of C{fleet} (an L{fmq.fleet.Fleet}).
+        """
+        self.registry.register(_FleetCollector(fleet))
 
     def render(self) -> bytes:
         """
@@ -134,3 +141,38 @@ class _StateCollector:
             ("fmq_threads", "Threads of the fmq process.", self._process.num_threads()),
         ]:
             yield GaugeMetricFamily(name, text, value=value)
+
+
+class _FleetCollector:
+    """
+    Reads the fleet's state and counters at scrape time.
+    """
+
+    def __init__(self, fleet: Any) -> None:
+        self._fleet = fleet
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        f = self._fleet
+        yield GaugeMetricFamily(
+            "fmq_fleet_degraded",
+            "1 while the fleet's registry is unreachable (each instance collapses alone).",
+            value=int(f.state == "degraded"),
+        )
+        for name, text, value in [
+            (
+                "fmq_fleet_groups_led",
+                "Groups whose broker request this instance made for the fleet.",
+                f.led,
+            ),
+            (
+                "fmq_fleet_groups_followed",
+                "Groups answered by another instance's broker request.",
+                f.followed,
+            ),
+            ("fmq_fleet_groups_taken_over", "Groups taken over from a holder gone.", f.taken_over),
+            ("fmq_fleet_groups_local", "Groups collapsed on this instance alone.", f.local),
+        ]:
+            yield CounterMetricFamily(name, text, value=value)

@@ -104,6 +104,16 @@ class AmqpSettings:
 
 
 @attrs.frozen
+class FleetSettings:
+    """
+    Collapsing across instances (see L{fmq.fleet}); off with no registry.
+    """
+
+    registry: str
+    lease: float
+
+
+@attrs.frozen
 class Settings:
     """
     Everything the service needs to start, validated.
@@ -115,6 +125,7 @@ class Settings:
     logging: LoggingSettings
     admin: AdminSettings
     amqp: AmqpSettings
+    fleet: FleetSettings
     source: str = "defaults"
 
     def effective(self) -> dict[str, dict[str, Any]]:
@@ -129,6 +140,8 @@ class Settings:
             values = attrs.asdict(getattr(self, section), recurse=False)
             if section == "amqp":
                 values["url"] = mask_password(values["url"])
+            if section == "fleet":
+                values["registry"] = mask_password(values["registry"])
             sections[section] = values
         return sections
 
@@ -209,6 +222,7 @@ _SECTIONS = {
     "logging": LoggingSettings,
     "admin": AdminSettings,
     "amqp": AmqpSettings,
+    "fleet": FleetSettings,
 }
 
 

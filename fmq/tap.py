@@ -23,6 +23,7 @@ from fmq.gate import AcceptGate, GatedTCP4ServerEndpoint
 from fmq.keys import load_collapse_key
 from fmq.logs import make_observer
 from fmq.metrics import Metrics
+from fmq.registry import make_fleet
 from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm
 from fmq.settings import IniFile, Settings, SettingsError, load_settings
 from fmq.status import Events, Sampler, Status
@@ -95,6 +96,11 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
     root = FmqService(
         LogPublisher(make_observer(settings.logging.level, settings.logging.format), events)
     )
+    fleet = make_fleet(settings, reactor)
+    if fleet is not None:
+        # Before the broker: it stops after it, so a holder stopped by the
+        # broker's stop can still tell the others to take over.
+        fleet[1].setServiceParent(root)
     broker = make_broker(settings, reactor)
     broker.setServiceParent(root)
     collapse_key = (
@@ -111,8 +117,11 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
         max_waiting=settings.http.max_waiting,
         observer=metrics,
         request_format=settings.broker.request_format,
+        fleet=fleet[0] if fleet is not None else None,
     )
     metrics.watch(dispatcher, broker)
+    if fleet is not None:
+        metrics.watch_fleet(fleet[0])
 
     resource = Front(dispatcher).app.resource()
     access_log = AccessLogSite(resource, reactor) if settings.http.access_log else None
@@ -152,6 +161,7 @@ def build_service(settings: Settings, reactor: Any) -> MultiService:
         settings.admin.show_query,
     )
     admin = Admin(broker, settings.broker.type, dispatcher, reactor, metrics, status)
+    admin.fleet = fleet[0] if fleet is not None else None
     admin_resource = admin.app.resource()
     admin_site = QuietSite(admin_resource, reactor=reactor)
     _listen(root, reactor, settings.admin.interface, settings.admin.port, admin_site, 50)

@@ -32,6 +32,11 @@ install_project() {
         "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
             --no-deps "treq>=24.9"
     fi
+    if [ "$is_pypy" = 1 ]; then
+        # txredisapi without Twisted's TLS extra (see setup.py)
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+            --no-deps "txredisapi>=1.4.10"
+    fi
     # pip keeps the same version installed; make sure it is this tree's code.
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
         --no-deps --force-reinstall "$root"

@@ -16,6 +16,7 @@ from fmq.admin import Admin
 from fmq.dispatch import Dispatcher
 from fmq.keys import CallerRequest, method_and_path
 from fmq.metrics import Metrics
+from fmq.protocol import BrokerRequest
 from fmq.testing import MemoryBroker
 
 
@@ -56,6 +57,30 @@ class AdminTests(SynchronousTestCase):
     def call(self, target: bytes = b"/a"):
         return self.dispatcher.handle(CallerRequest(b"GET", target))
 
+    def test_fleet(self) -> None:
+        """
+        With a fleet, C{/health} says whether its registry is reachable (still
+        200: each instance then collapses alone), and the metrics count its
+        groups.
+        """
+        from fmq.fleet import Fleet
+        from fmq.testing import MemoryRegistry
+
+        registry = MemoryRegistry(self.clock)
+        fleet = Fleet(registry, self.clock, "space", "i0", 5.0, 300.0, 1 << 20)
+        self.metrics.watch_fleet(fleet)
+        admin = Admin(self.broker, "memory", self.dispatcher, self.clock, self.metrics)
+        admin.fleet = fleet
+        self.treq = StubTreq(admin.app.resource())
+        self.assertEqual(json.loads(self.get("/health")[1])["fleet"], "ok")
+        self.assertEqual(self.value("fmq_fleet_degraded"), 0)
+        registry.go_down()
+        code, body = self.get("/health")
+        self.assertEqual((code, json.loads(body)["fleet"]), (200, "degraded"))
+        self.assertEqual(self.value("fmq_fleet_degraded"), 1)
+        fleet.run(("k",), BrokerRequest.of(b"GET", b"/k"), self.broker.submit)
+        self.assertEqual(self.value("fmq_fleet_groups_local_total"), 1)
+
     def test_health_ok(self) -> None:
         """
         While the broker is usable, C{/health} is 200 with the broker's state,
@@ -72,6 +97,7 @@ class AdminTests(SynchronousTestCase):
                 "status": "ok",
                 "broker": {"type": "memory", "available": True, "blocked": False, "in_flight": 1},
                 "mode": "collapse",
+                "fleet": "off",
                 "callers_waiting": 2,
                 "uptime": 2.5,
             },

@@ -386,3 +386,52 @@ async def run_loadtest(fmq, tmp_path, *extra: str):
         path=str(tmp_path),
         reactor=reactor,
     )
+
+
+def test_loadtest_targets() -> None:
+    """
+    C{--targets} and C{--admin-targets} name several instances; without them
+    the one of C{--host}, C{--port} and C{--admin-port} is used.
+    """
+    from fmq.tools.loadtest import parse
+
+    args = parse(["--targets", "127.0.0.1:8080,h:8090", "--admin-targets", "127.0.0.1:8081"])
+    assert args.targets == [("127.0.0.1", 8080), ("h", 8090)]
+    assert args.admins == [("127.0.0.1", 8081)]
+    args = parse(["--port", "9000", "--admin-port", "9001"])
+    assert (args.targets, args.admins) == ([("127.0.0.1", 9000)], [("127.0.0.1", 9001)])
+
+
+@pytest_twisted.ensureDeferred
+async def test_loadtest_round_robin(make_fmq, tmp_path) -> None:
+    """
+    The load tester spreads its callers over the targets, one connection
+    each in turn, and sums the broker requests over their admin ports.
+    """
+    from tests.e2e import HeldBackend
+
+    first = await make_fmq(broker={"directory": "one"})
+    second = await make_fmq(broker={"directory": "two"})
+    backends = [HeldBackend(tmp_path / name) for name in ("one", "two")]
+    for backend in backends:
+        backend.holding = False
+        backend.start()
+    try:
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "fmq.tools.loadtest",
+             "--targets", f"127.0.0.1:{first.port},127.0.0.1:{second.port}",
+             "--admin-targets", f"127.0.0.1:{first.admin_port},127.0.0.1:{second.admin_port}",
+             "--keys", "2", "--batch", "4", "--steps", "8", "--rounds", "1",
+             "--report", "load.json", "--chart", "load.png"],
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            reactor=reactor,
+        )  # fmt: skip
+    finally:
+        for backend in backends:
+            backend.stop()
+    assert code == 0, (out, err)
+    [row] = json.loads((tmp_path / "load.json").read_text())["steps"]
+    assert row["errors"] == 0
+    assert [len(b.taken) > 0 for b in backends] == [True, True]
+    assert row["broker_requests"] == sum(len(b.taken) for b in backends)

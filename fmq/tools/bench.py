@@ -26,6 +26,11 @@ own virtualenv; the stand-in backend and the load always run on this one.
    requests waiting and no backend answering, with inotify and polling; and
    its RSS per waiting caller with 10,000 waiting on 100 keys (C{fmq-loadtest
    --hold}).
+8. A fleet: three instances on RabbitMQ, a backend answering in 0.2 s, a
+   burst of 50 keys x 100 callers x 4 rounds (each round's 5,000 at once)
+   spread over all three, with C{[fleet] registry} off and on (Redis),
+   alternating: broker requests per batch, throughput, p50/p99, and how much
+   later a follower gets an answer than the holder's callers.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from typing import Any
 import attrs
 import psutil
 
-from fmq.tools.loadtest import Call, Sampler, Shape, raise_own_limit, step
+from fmq.tools.loadtest import Call, Sampler, Shape, call, raise_own_limit, step
 
 WRK_SCRIPT = """
 counter = 0
@@ -535,7 +540,6 @@ async def _added_latency(port: int, directory: Path, count: int, jitter: float) 
     one request at a time, the bench playing the backend.
     """
     from fmq.protocol import broker_key
-    from fmq.tools.loadtest import call
 
     added = []
     for n in range(count):
@@ -759,6 +763,120 @@ def scale_out(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     return results
 
 
+def fleet(args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """
+    Three instances on one request queue, fleet collapse off and on
+    (C{--redis-url}), one backend each answering after C{--fleet-delay};
+    alternating bursts, medians.
+    """
+    import pika
+
+    queues = {mode: f"fmq.bench.fleet.{os.getpid()}.{mode}" for mode in ("off", "on")}
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    extra: list[float] = []
+    shared = 0
+    try:
+        with stack(root) as s:
+            fleets: dict[str, Any] = {}
+            for mode, queue in queues.items():
+                sections: dict[str, dict[str, object]] = {
+                    "broker": {"type": "amqp"},
+                    "amqp": {"url": args.amqp_url, "request_queue": queue},
+                }
+                if mode == "on":
+                    sections["fleet"] = {"registry": args.redis_url}
+                started = [
+                    s.fmq("collapse", s.workdir / f"unused-{mode}{n}", **sections) for n in range(3)
+                ]
+                s.spawn(
+                    f"backend-{mode}",
+                    [sys.executable, "-m", "fmq.tools.backend", "--broker", "amqp",
+                     "--url", args.amqp_url, "--queue", queue,
+                     "--delay", str(args.fleet_delay)],
+                )  # fmt: skip
+                fleets[mode] = argparse.Namespace(
+                    host="127.0.0.1",
+                    port=started[0][0],
+                    admin_port=started[0][1],
+                    targets=[("127.0.0.1", port) for port, _, _ in started],
+                    admins=[("127.0.0.1", admin) for _, admin, _ in started],
+                    keys=50,
+                    batch=100,
+                    timeout=120.0,
+                    shape=Shape(),
+                )
+            time.sleep(2)
+            sampler = Sampler(None)
+            for mode in runs:  # warm-up
+                asyncio.run(step(fleets[mode], sampler, 5000, [10_000]))
+            for n in range(args.repeats):
+                for mode in runs:
+                    rounds = list(range(4 * n, 4 * n + 4))
+                    row = asyncio.run(step(fleets[mode], sampler, 5000, rounds))
+                    runs[mode].append(row)
+                    print(
+                        f"  fleet {mode}: {row['broker_requests_per_batch']} broker requests "
+                        f"per batch, {row['req_per_s']} req/s, p50 {row['p50_ms']} ms, "
+                        f"p99 {row['p99_ms']} ms, {row['errors']} errors"
+                    )
+            on = fleets["on"].targets
+            extra, shared = asyncio.run(_follower_extra(on[0], on[1], args.probes))
+    finally:
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(args.amqp_url))
+            for queue in queues.values():
+                connection.channel().queue_delete(queue=queue)
+            connection.close()
+        except Exception as e:
+            print(f"  could not delete the bench queues: {e}", file=sys.stderr)
+    result: dict[str, Any] = {"runs": runs, "delay_s": args.fleet_delay}
+    for mode, rows in runs.items():
+        for key in ("broker_requests_per_batch", "req_per_s", "p50_ms", "p99_ms", "errors"):
+            result[f"{mode}_{key}"] = statistics.median(r[key] for r in rows)
+    result["throughput_ratio"] = round(result["on_req_per_s"] / result["off_req_per_s"], 3)
+    result["follower_extra_ms"] = {
+        "p50": round(statistics.median(extra) * 1000, 2) if extra else None,
+        "p99": round(_percentile(extra, 99) * 1000, 2) if extra else None,
+        "probes": len(extra),
+        "shared": shared,
+    }
+    print(f"  follower's extra latency: {result['follower_extra_ms']}")
+    return result
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+async def _follower_extra(
+    holder: tuple[str, int], follower: tuple[str, int], probes: int
+) -> tuple[list[float], int]:
+    """
+    For each probe, one caller on C{holder}, then 5 ms later one on
+    C{follower} for the same new key: how much later the follower's answer
+    comes than the holder's, for the probes it shared.
+    """
+    extra = []
+    shared = 0
+    for n in range(probes):
+        target = f"/probe{n}?t={time.time_ns()}"
+
+        async def timed(where: tuple[str, int], target: str = target) -> tuple[float, bytes]:
+            outcome = await call(where[0], where[1], Call("GET", target), 30.0)
+            return time.monotonic(), outcome.body
+
+        first = asyncio.ensure_future(timed(holder))
+        await asyncio.sleep(0.005)
+        (done_first, body_first), (done_second, body_second) = await asyncio.gather(
+            first, timed(follower)
+        )
+        if body_first == body_second and body_first:
+            shared += 1
+            extra.append(done_second - done_first)
+    return extra, shared
+
+
 def markdown(results: dict[str, Any]) -> str:
     """
     The tables of C{docs/BENCHMARKS.md}.
@@ -865,6 +983,26 @@ def markdown(results: dict[str, Any]) -> str:
             f"{h['kb_per_waiting_caller']} KB per waiting caller, {h['errors']} errors.",
             "",
         ]
+    f = results.get("fleet")
+    if f:
+        lines += [
+            "| fleet of three | broker requests per batch | req/s | p50 ms | p99 ms | errors |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for mode in ("off", "on"):
+            lines.append(
+                f"| {mode} | {f[mode + '_broker_requests_per_batch']} "
+                f"| {f[mode + '_req_per_s']:.0f} | {f[mode + '_p50_ms']} "
+                f"| {f[mode + '_p99_ms']} | {f[mode + '_errors']} |"
+            )
+        x = f["follower_extra_ms"]
+        lines += [
+            f"| on / off throughput | | {f['throughput_ratio']} | | | |",
+            "",
+            f"A follower's answer comes {x['p50']} ms (p50) and {x['p99']} ms (p99) after "
+            f"the holder's ({x['shared']} of {x['probes']} probes shared).",
+            "",
+        ]
     for i, b in results.get("bursts", {}).items():
         keys = ["requests", "seconds", "req_per_s", "p50_ms", "p99_ms", "errors",
                 "broker_requests", "batches", "threads_max", "rss_mb_max",
@@ -890,6 +1028,7 @@ PARTS = [
     ("scan", "scan_cost", "scan cost", scan_cost),
     ("amqp", "scale_out", "scale-out over RabbitMQ: one instance, two", scale_out),
     ("waiting", "waiting_cost", "what waiting costs: CPU with requests waiting", waiting_cost),
+    ("fleet", "fleet", "a fleet of three: collapsing across instances off and on", fleet),
 ]
 
 
@@ -940,6 +1079,10 @@ def main(argv: list[str] | None = None) -> int:
         "--idle-seconds", type=float, default=10.0, help="CPU sampled this long while waiting"
     )
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/%2F")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="fleet: registry")
+    parser.add_argument(
+        "--fleet-delay", type=float, default=0.2, help="fleet: the backend's delay, seconds"
+    )
     parser.add_argument(
         "--dir",
         type=Path,

@@ -24,6 +24,7 @@ import resource
 import statistics
 import sys
 import time
+from itertools import cycle
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,28 @@ async def metrics_of(host: str, port: int) -> dict[str, float]:
     return values
 
 
+def endpoints(text: str) -> list[tuple[str, int]]:
+    """
+    C{host:port,host:port,...} as a list of pairs.
+    """
+    pairs = []
+    for item in text.split(","):
+        host, _, port = item.strip().rpartition(":")
+        pairs.append((host or "127.0.0.1", int(port)))
+    return pairs
+
+
+async def fleet_metrics(admins: list[tuple[str, int]]) -> dict[str, float]:
+    """
+    The metrics of every instance in C{admins}, summed by name.
+    """
+    total: dict[str, float] = {}
+    for host, port in admins:
+        for name, value in (await metrics_of(host, port)).items():
+            total[name] = total.get(name, 0.0) + value
+    return total
+
+
 class Sampler:
     """
     Samples a process's threads, resident memory and open files.
@@ -245,15 +268,20 @@ async def step(
     Send C{keys x batch} callers per round, C{concurrency} at a time, for each
     round in C{rounds}; return the step's figures.
     """
-    host, port = args.host, args.port
-    before = await metrics_of(host, args.admin_port) if args.admin_port else {}
+    admins = getattr(args, "admins", None)
+    if admins is None:
+        admins = [(args.host, args.admin_port)] if args.admin_port else []
+    before = await fleet_metrics(admins)
     gate = asyncio.Semaphore(concurrency)
+    # Round-robin per connection over the targets (each call is one).
+    targets_cycle = cycle(getattr(args, "targets", None) or [(args.host, args.port)])
     latencies: list[float] = []
     errors: dict[str, int] = {}
     peak = {"threads": 0.0, "rss_mb": 0.0, "fds": 0.0}
 
     async def one(request: Call) -> None:
         async with gate:
+            host, port = next(targets_cycle)
             outcome = await call(host, port, request, args.timeout)
         latencies.append(outcome.seconds)
         problem = check(request, outcome)
@@ -266,7 +294,7 @@ async def step(
         await asyncio.gather(*(one(c) for c in round_calls(args.shape, args.keys, args.batch, r)))
     wall = time.monotonic() - started
     watcher.cancel()
-    after = await metrics_of(host, args.admin_port) if args.admin_port else {}
+    after = await fleet_metrics(admins)
     last = sampler.sample()
     written = after.get("fmq_broker_requests_total", 0) - before.get("fmq_broker_requests_total", 0)
     return {
@@ -281,6 +309,7 @@ async def step(
         "error_kinds": errors,
         "broker_requests": int(written),
         "batches": args.keys * len(rounds),
+        "broker_requests_per_batch": round(written / (args.keys * len(rounds)), 3),
         "threads_max": peak["threads"],
         "rss_mb_max": round(peak["rss_mb"], 1),
         "rss_mb_after": round(last.get("rss_mb", 0.0), 1),
@@ -407,6 +436,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--admin-port", type=int, default=8081, help="0: no metrics")
+    parser.add_argument(
+        "--targets",
+        help="several instances, host:port,host:port,...: callers go round-robin, "
+        "one connection each (default: --host and --port)",
+    )
+    parser.add_argument(
+        "--admin-targets",
+        help="their admin listeners, host:port,...: broker requests are summed over "
+        "them (default: --host and --admin-port)",
+    )
     parser.add_argument("--pid", type=int, help="fmq's pid, to sample threads and memory")
     parser.add_argument("--keys", type=int, default=50)
     parser.add_argument("--batch", type=int, default=100, help="identical callers per key")
@@ -448,6 +487,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--report", type=Path, default=Path("loadtest.json"))
     parser.add_argument("--chart", type=Path, default=Path("loadtest.png"))
     args = parser.parse_args(argv)
+    args.targets = endpoints(args.targets) if args.targets else [(args.host, args.port)]
+    if args.admin_targets:
+        args.admins = endpoints(args.admin_targets)
+    else:
+        args.admins = [(args.host, args.admin_port)] if args.admin_port else []
     if args.body_bytes < 0:
         parser.error("--body-bytes must not be negative")
     if args.body_bytes and args.method == "GET":
