@@ -786,7 +786,8 @@ def fleet(args: argparse.Namespace, root: Path) -> dict[str, Any]:
                 if mode == "on":
                     sections["fleet"] = {"registry": args.redis_url}
                 started = [
-                    s.fmq("collapse", s.workdir / f"unused-{mode}{n}", **sections) for n in range(3)
+                    s.fmq("collapse", s.workdir / f"unused-{mode}{n}", None, **sections)
+                    for n in range(3)
                 ]
                 s.spawn(
                     f"backend-{mode}",
