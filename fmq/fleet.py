@@ -442,6 +442,7 @@ class Fleet:
         self._poll_later(claim)
 
     def _poll_later(self, claim: _Claim) -> None:
+        self._cancel_poll(claim)  # one poller per claim, however the lease was lost
         claim.poller = self._clock.callLater(self._lease / 2, self._poll, claim)
 
     def _poll(self, claim: _Claim) -> None:

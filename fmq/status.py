@@ -25,6 +25,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent
 from zope.interface import implementer
 
 from fmq.dispatch import Dispatcher
+from fmq.errors import OVERLOAD_ERRNOS
 from fmq.interfaces import IBroker
 
 #: samples kept: five minutes at one a second
@@ -166,6 +167,7 @@ class Sampler(Service):
         self.process: Process = process if process is not None else psutil.Process()
         self.samples: deque[Sample] = deque(maxlen=size)
         self._last: _Reading | None = None
+        self._short_of_descriptors = False
         self._available = bool(broker.available)
         self.broker_since = clock.seconds()
         self._loop = LoopingCall(self.sample)
@@ -196,8 +198,16 @@ class Sampler(Service):
         """
         try:
             self._take()
+        except OSError as e:
+            if e.errno not in OVERLOAD_ERRNOS:
+                self.log.failure("cannot take a status sample")
+            elif not self._short_of_descriptors:
+                self._short_of_descriptors = True
+                self.log.warn("out of file descriptors: status samples skipped until some free up")
         except Exception:
             self.log.failure("cannot take a status sample")
+        else:
+            self._short_of_descriptors = False
 
     def _take(self) -> None:
         self.broker_state()

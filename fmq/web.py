@@ -227,6 +227,7 @@ class AccessLogSite(Site):
         self._flusher = LoopingCall(self.flush)
         self._flusher.clock = clock
         self._flush_every = flush_every
+        self._write_failed = False
         self._stamp_second = -1
         self._stamp = b""
         self._closed = False
@@ -281,5 +282,15 @@ class AccessLogSite(Site):
         if self._lines:
             out = self._out if self._out is not None else _stdout()
             lines, self._lines = self._lines, []
-            out.write(b"".join(lines))
-            out.flush()
+            try:
+                out.write(b"".join(lines))
+                out.flush()
+            except OSError as e:  # a closed pipe, a full disk: those lines are lost
+                if not self._write_failed:
+                    self._write_failed = True
+                    log.error(
+                        "cannot write the access log: {error}; lines are dropped until it can",
+                        error=e.strerror or str(e),
+                    )
+            else:
+                self._write_failed = False

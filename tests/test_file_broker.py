@@ -279,11 +279,29 @@ class FileBrokerTests(SynchronousTestCase):
         os.rename(late, self.directory / f"{request.key}.resp")
         for _ in range(10):
             self.backend.deliver()
+            self.clock.advance(POLL)
         self.assertEqual(reads, [])
         self.assertNoResult(answer)
+        told = [e for e in self.events if "older than its request" in e.get("log_format", "")]
+        self.assertEqual(len(told), 1)  # once, not at every look
         self.backend.answer(request, b"200\nfresh")
         self.backend.deliver()
         self.assertEqual(self.successResultOf(answer).body, b"fresh")
+
+    def test_a_request_file_that_cannot_be_written_fails_alone(self) -> None:
+        """
+        A request whose file cannot be written while the directory itself is
+        fine (a backend made a directory of that name) fails alone with 503:
+        the broker stays available for every other key.
+        """
+        other = self.broker.submit(BrokerRequest.of(b"GET", b"/other"))
+        request = BrokerRequest.of(b"GET", b"/x")
+        (self.directory / f"{request.key}.req").mkdir()
+        self.failureResultOf(self.broker.submit(request), BrokerUnavailable)
+        self.assertTrue(self.broker.available)
+        self.assertNoResult(other)
+        self.stop()
+        self.failureResultOf(other, ShuttingDown)
 
     def test_answer_held_open_is_read_once_settled(self) -> None:
         """

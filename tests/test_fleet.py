@@ -222,6 +222,20 @@ class FleetTests(SynchronousTestCase):
             self.assertEqual(self.successResultOf(call).body, b"from b")
         self.assertNoResult(first)
 
+    def test_one_poller_per_follower(self) -> None:
+        """
+        A follower whose lease attempt is lost twice over (a poll's attempt
+        and a holder's CLAIM crossing) keeps one poller, not two chains.
+        """
+        a, b = self.instance(), self.instance()
+        self.call(a)
+        self.call(b)
+        [claim] = b.fleet._claims
+        pollers = lambda: [c for c in self.clock.getDelayedCalls() if c.func == b.fleet._poll]  # noqa: E731
+        self.assertEqual(len(pollers()), 1)
+        b.fleet._poll_later(claim)
+        self.assertEqual(len(pollers()), 1)
+
     def test_lease_renewed(self) -> None:
         """
         A holder whose broker request takes many lease periods keeps its

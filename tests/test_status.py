@@ -5,6 +5,7 @@ once-a-second sampler on a L{Clock}, the event ring, and C{/status.json}.
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import subprocess
@@ -39,10 +40,13 @@ class FakeProcess:
     def __init__(self) -> None:
         self.threads, self.rss, self.fds = 1, 50 * MB, 12
         self.broken = False
+        self.out_of_descriptors = False
 
     def num_threads(self) -> int:
         if self.broken:
             raise RuntimeError("a bug")
+        if self.out_of_descriptors:
+            raise OSError(errno.EMFILE, "Too many open files")
         return self.threads
 
     def memory_info(self) -> SimpleNamespace:
@@ -188,6 +192,24 @@ class SamplerTests(SynchronousTestCase):
         s.process.broken = False
         s.clock.advance(1)
         self.assertEqual(s.sampler.samples[-1].time, 1002)
+
+    def test_out_of_descriptors_skips_a_sample_quietly(self) -> None:
+        """
+        Out of file descriptors (psutil reads /proc), the sampler skips that
+        second with one log line, no traceback, and samples again after.
+        """
+        s = Stack()
+        events: list[dict] = []
+        s.sampler.log = Logger(observer=events.append)
+        s.sampler.startService()
+        s.process.out_of_descriptors = True
+        s.clock.advance(1)
+        s.clock.advance(1)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual([e.get("log_failure") for e in events], [None])
+        s.process.out_of_descriptors = False
+        s.clock.advance(1)
+        self.assertEqual(s.sampler.samples[-1].time, 1003)
 
     def test_broker_since(self) -> None:
         """

@@ -185,6 +185,30 @@ class AccessLogTests(SynchronousTestCase):
         site.stopFactory()
         self.assertEqual(len(out.getvalue().splitlines()), 3)
 
+    def test_output_broken(self) -> None:
+        """
+        An output that cannot be written (a closed pipe, a full disk) loses
+        those lines with one log line; the flusher goes on and keeps no
+        backlog.
+        """
+
+        class Broken(io.BytesIO):
+            def write(self, data: bytes) -> int:  # type: ignore[override]
+                raise BrokenPipeError(32, "Broken pipe")
+
+        clock = Clock()
+        site = AccessLogSite(Resource(), clock, Broken(), flush_every=0.2)
+        site.startFactory()
+        for _ in range(3):
+            request = DummyRequest([b""])
+            request.method, request.uri, request.clientproto = b"GET", b"/", b"HTTP/1.1"
+            request.code, request.sentLength = 200, 1
+            site.log(request)
+            clock.advance(0.2)
+        self.assertEqual(site._lines, [])
+        self.assertTrue(site._flusher.running)
+        site.stopFactory()
+
     def test_lines_after_the_listener_stops(self) -> None:
         """
         Lines of requests that finish after the listener stopped (during the

@@ -15,6 +15,7 @@ earlier run left, and carrying the state machine's actions out.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from fmq.brokers.layout import (
     ttl_left,
 )
 from fmq.brokers.pending import PendingRequests
-from fmq.brokers.reader import AnswerReader, Found, Refused, Unsettled
+from fmq.brokers.reader import AnswerReader, Found, Refused, Stale, Unsettled
 from fmq.brokers.watch import WatcherFactory
 from fmq.errors import (
     BrokerRequestFailed,
@@ -60,6 +61,10 @@ from fmq.protocol import (
 )
 
 __all__ = ["FileBroker"]
+
+#: errors writing C{<key>.req} that concern that one name (a backend made a
+#: directory of it), not the directory: only that request fails
+_IN_THE_WAY = frozenset({errno.EISDIR, errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY})
 
 
 @implementer(IBroker)
@@ -123,6 +128,7 @@ class FileBroker(Service):
         self._check_loop: LoopingCall | None = None
         self._taken = False  # directory created, locked and swept
         self.dropped_replies = 0
+        self._told_stale: set[int] = set()  # requests whose stale answer was logged
 
     @property
     def available(self) -> bool:
@@ -277,6 +283,15 @@ class FileBroker(Service):
             if e.errno in OVERLOAD_ERRNOS:
                 self.log.error("cannot write a request: {error}", error=e.strerror)
                 self._run(self._keys.write_failed(key, rid), Overloaded())
+            elif e.errno in _IN_THE_WAY and self._fs.probe(self.directory) is None:
+                # the directory is fine: something in the way of this one name
+                self.log.error(
+                    "cannot write {key}.req for {request}: {error}",
+                    key=key,
+                    request=request.line,
+                    error=e.strerror or str(e),
+                )
+                self._run(self._keys.write_failed(key, rid), BrokerUnavailable())
             else:
                 self._guard.lose(e.strerror or str(e))
             return
@@ -367,6 +382,18 @@ class FileBroker(Service):
                     self._requests.deliver(action.rid, seen.answer)
                 else:
                     self._run([action])
+        elif isinstance(seen, Stale):
+            if rid not in self._told_stale:
+                if len(self._told_stale) > 10_000:
+                    self._told_stale.clear()
+                self._told_stale.add(rid)
+                self.log.warn(
+                    "{key}.resp is older than its request ({request}), so it is taken for "
+                    "a late answer to an earlier one and not read; a backend must not keep "
+                    "an old file time (cp -p, os.link of an older file)",
+                    key=key,
+                    request=self._requests.request(rid).line,
+                )
         elif isinstance(seen, Refused):
             self.log.warn(
                 "refused {key}.resp for {request}: {error}",
