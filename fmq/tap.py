@@ -24,7 +24,7 @@ from fmq.keys import load_collapse_key
 from fmq.logs import make_observer
 from fmq.metrics import Metrics
 from fmq.registry import make_fleet
-from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm
+from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm, settle_heap
 from fmq.settings import IniFile, Settings, SettingsError, load_settings
 from fmq.status import Events, Sampler, Status
 from fmq.warmup import warm_up
@@ -212,4 +212,5 @@ def makeService(options: Options) -> IService:
     except ValueError as e:
         raise SystemExit(f"fmq: {settings.source}: {e}") from None
     reactor.callWhenRunning(exit_cleanly_on_sigterm, reactor)
+    reactor.callWhenRunning(settle_heap)
     return root

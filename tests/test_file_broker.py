@@ -52,10 +52,12 @@ class FaultyFileSystem(FileSystem):
         self.written.append(path.name)
         return mtime
 
-    def unlink(self, path: Path) -> None:
+    def unlink(self, path: Path) -> bool:
         self._fault("unlink")
-        super().unlink(path)
-        self.unlinked.append(path.name)
+        there = super().unlink(path)
+        if there:
+            self.unlinked.append(path.name)
+        return there
 
     def read_response(
         self, path: Path, max_bytes: int | None = None, lease: bool = True

@@ -4,8 +4,12 @@ Tests for L{fmq.service} and L{Dispatcher.close}: start failures and a graceful 
 
 from __future__ import annotations
 
+import gc
 import signal
 from pathlib import Path
+from types import ModuleType
+from typing import cast
+from unittest import SkipTest
 
 import pytest_twisted
 from twisted.application.service import Service
@@ -24,7 +28,7 @@ from fmq.connections import Connections
 from fmq.dispatch import Dispatcher
 from fmq.errors import ShuttingDown
 from fmq.keys import CallerRequest, method_and_path
-from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm
+from fmq.service import Drain, FmqService, exit_cleanly_on_sigterm, settle_heap
 from fmq.testing import MemoryBroker
 from tests.e2e import PATIENCE, SlowReader, eventually
 
@@ -351,3 +355,55 @@ class SigtermTests(SynchronousTestCase):
         handler(signal.SIGTERM, None)
         self.assertEqual(reactor.stopped, 1)
         self.assertFalse(hasattr(reactor, "_exitSignal"))
+
+
+class Collector:
+    """
+    A stand-in for the C{gc} module that records what is called.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def collect(self) -> int:
+        self.calls.append("collect")
+        return 0
+
+
+class FreezingCollector(Collector):
+    def freeze(self) -> None:
+        self.calls.append("freeze")
+
+
+class SettleHeapTests(SynchronousTestCase):
+    """
+    Once started, fmq keeps the objects it made while starting out of every
+    later garbage collection, where the interpreter can.
+    """
+
+    def test_freezes_the_heap(self) -> None:
+        """
+        The objects alive are frozen: collections no longer walk them.
+        """
+        if not hasattr(gc, "freeze"):
+            raise SkipTest("this interpreter's gc cannot freeze (PyPy)")
+        gc.unfreeze()
+        self.addCleanup(gc.unfreeze)
+        settle_heap()
+        self.assertGreater(gc.get_freeze_count(), 0)
+
+    def test_collects_before_freezing(self) -> None:
+        """
+        What is already garbage is collected first, not frozen for good.
+        """
+        collector = FreezingCollector()
+        settle_heap(cast(ModuleType, collector))
+        self.assertEqual(collector.calls, ["collect", "freeze"])
+
+    def test_nothing_without_freeze(self) -> None:
+        """
+        On an interpreter whose gc has no C{freeze} (PyPy) it does nothing.
+        """
+        collector = Collector()
+        settle_heap(cast(ModuleType, collector))
+        self.assertEqual(collector.calls, [])

@@ -61,17 +61,25 @@ class FileSystem:
         """
         return read_answer(path, max_bytes, lease)
 
-    def unlink(self, path: Path) -> None:
+    def unlink(self, path: Path) -> bool:
         """
         Delete C{path}: a file, a link (never its target), or an empty
         directory a backend made where an answer should be.
 
-        @raise OSError: it could not be deleted (C{FileNotFoundError} if absent).
+        An absent file is an answer, not an error, and is caught here: an
+        exception passing up through the callers makes PyPy build every
+        one of their frames, up to Klein's.
+
+        @return: whether it was there.
+        @raise OSError: it could not be deleted.
         """
         try:
             os.unlink(path)
+        except FileNotFoundError:
+            return False
         except IsADirectoryError:
             os.rmdir(path)
+        return True
 
     def probe(self, directory: Path) -> OSError | None:
         """
@@ -99,11 +107,17 @@ class FileSystem:
     def stat(self, path: Path) -> os.stat_result:
         return os.stat(path)
 
-    def lstat(self, path: Path) -> os.stat_result:
+    def lstat(self, path: Path) -> os.stat_result | None:
         """
         C{path}'s metadata; a symbolic link's own, not its target's.
+
+        @return: C{None} if there is no such file (caught here, as in
+            L{unlink}).
         """
-        return os.lstat(path)
+        try:
+            return os.lstat(path)
+        except FileNotFoundError:
+            return None
 
     def list_names(self, directory: Path) -> list[str]:
         return os.listdir(directory)

@@ -67,8 +67,6 @@ class Janitor:
             name = state.cleaning[0]
             try:
                 self._fs.unlink(self._paths(name))
-            except FileNotFoundError:
-                pass
             except OSError as e:
                 self.retries += 1
                 for action in self._keys.delete_failed(key):

@@ -112,9 +112,8 @@ class AnswerReader:
         @raise OSError: it could not be looked at (not C{ENOENT}).
         """
         path = self._paths(response_name(key))
-        try:
-            st = self._fs.lstat(path)
-        except FileNotFoundError:
+        st = self._fs.lstat(path)
+        if st is None:
             return Absent()
         if stat.S_ISREG(st.st_mode) and st.st_mtime_ns < written_ns:
             return Stale()
