@@ -262,7 +262,9 @@ async def test_deleted_request_queue_comes_back(make_fmq, amqp_backend, queue) -
         closed = connection.closed
         connection.close()
         await closed
-    assert f"queue {queue} is missing; declaring it again" in fmq.log_text()
+    # the line may reach fmq's log file after RabbitMQ has the queue again
+    missing = f"queue {queue} is missing; declaring it again"
+    await eventually(lambda: missing in fmq.log_text(), "the log line about the queue")
     backend = await amqp_backend(body="found")
     backend.release()
     assert await answers([fmq.get("/found")]) == [(200, b"found")]
