@@ -3,6 +3,8 @@ Shared fixtures.
 """
 
 import gc
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
 
+from tests.contract import AMQP_URL, connect
 from tests.e2e import FmqProcess, HeldBackend
 
 
@@ -91,3 +94,25 @@ def backends():
     yield make
     for backend in running:
         backend.stop()
+
+
+@pytest.fixture
+def amqp_queue() -> Iterator[str]:
+    """
+    A request queue of this test's own on RabbitMQ, deleted afterwards.
+    """
+    from tests.test_broker_contract import skip_without_rabbitmq
+
+    skip_without_rabbitmq()
+    name = f"fmq.test.{uuid.uuid4().hex[:12]}"
+    yield name
+
+    async def delete() -> None:
+        connection = await connect(AMQP_URL)
+        channel = await connection.channel()
+        await channel.queue_delete(queue=name)
+        closed = connection.closed
+        connection.close()
+        await closed
+
+    pytest_twisted.blockon(Deferred.fromCoroutine(delete()))

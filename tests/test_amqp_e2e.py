@@ -12,18 +12,15 @@ import os
 import shutil
 import subprocess
 import time
-import uuid
 
 import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 
 from fmq.tools.backend import AmqpBackend, Behaviour
 from tests.contract import AMQP_URL, connect, queued
 from tests.e2e import answers, eventually
-from tests.test_broker_contract import skip_without_rabbitmq
 from tests.test_resilience import codes
 
 
@@ -53,23 +50,11 @@ class HeldAmqpBackend(AmqpBackend):
 
 
 @pytest.fixture
-def queue():
+def queue(amqp_queue: str) -> str:
     """
     A request queue of this test's own, deleted afterwards.
     """
-    skip_without_rabbitmq()
-    name = f"fmq.test.{uuid.uuid4().hex[:12]}"
-    yield name
-
-    async def delete() -> None:
-        connection = await connect(AMQP_URL)
-        channel = await connection.channel()
-        await channel.queue_delete(queue=name)
-        closed = connection.closed
-        connection.close()
-        await closed
-
-    pytest_twisted.blockon(Deferred.fromCoroutine(delete()))
+    return amqp_queue
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,6 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.utils import getProcessOutputAndValue
 
 from fmq.protocol import ANSWER_FORMS, REQUEST_FORMATS
@@ -34,9 +32,8 @@ from fmq.tools.loadtest import (
     percentile,
     round_calls,
 )
-from tests.contract import AMQP_URL, connect
+from tests.contract import AMQP_URL
 from tests.e2e import ROOT, eventually
-from tests.test_broker_contract import skip_without_rabbitmq
 
 #: the environment of the tools' processes: this tree's code first.
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -251,26 +248,6 @@ async def test_backend_formats_and_forms(make_fmq, tmp_path, request_format, for
             assert content_type == [b"application/x-fmq-test"]
         else:
             assert content_type != [b"application/x-fmq-test"]
-
-
-@pytest.fixture
-def amqp_queue() -> Iterator[str]:
-    """
-    A request queue of this test's own on RabbitMQ, deleted afterwards.
-    """
-    skip_without_rabbitmq()
-    name = f"fmq.test.{uuid.uuid4().hex[:12]}"
-    yield name
-
-    async def delete() -> None:
-        connection = await connect(AMQP_URL)
-        channel = await connection.channel()
-        await channel.queue_delete(queue=name)
-        closed = connection.closed
-        connection.close()
-        await closed
-
-    pytest_twisted.blockon(Deferred.fromCoroutine(delete()))
 
 
 @pytest_twisted.ensureDeferred
